@@ -1,0 +1,13 @@
+"""Errors a user can act on. Each message names the problem and the fix."""
+
+
+class SFVError(Exception):
+    """Base class: bad input the user can fix (never a bug in sfv_core)."""
+
+
+class CheckpointError(SFVError):
+    """A weights file or folder that is not what was asked for."""
+
+
+class InputError(SFVError):
+    """An image, size, frame count or latent that does not fit."""
