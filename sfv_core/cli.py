@@ -1,0 +1,113 @@
+"""`python -m sfv_core ...`: generate a clip, write a tiny test checkpoint, train."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from .errors import SFVError
+
+DEMO_IMAGE = Path(__file__).parent / "assets" / "start.png"
+
+
+def _add_generate(subparsers) -> None:
+    from .conditioning import RESIZE_MODES, VARIANTS
+    from .runtime import ATTENTION_CHOICES, DTYPE_CHOICES
+    from .sampling import MAX_STEPS
+
+    p = subparsers.add_parser("generate", help="image -> video in one UNet pass", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--checkpoint", required=True, help="SVD-family single file (.safetensors) or diffusers folder")
+    p.add_argument("--sfv-unet", help="SF-V UNet file that replaces the checkpoint's UNet")
+    p.add_argument("--image", nargs="+", default=[str(DEMO_IMAGE)], help="start image(s); one clip per image")
+    p.add_argument("--frames", type=int, default=14)
+    p.add_argument("--width", type=int, default=1024, help="multiple of 8 (64 is safest)")
+    p.add_argument("--height", type=int, default=576, help="multiple of 8 (64 is safest)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--steps", type=int, default=1, help=f"UNet passes, 1 to {MAX_STEPS}, on SF-V's noise levels")
+    p.add_argument("--fps", type=int, default=7, help="frame rate the model is told (and the output's)")
+    p.add_argument("--motion-bucket", type=int, default=127, help="motion_bucket_id: more motion when higher")
+    p.add_argument("--aug", type=float, default=0.02, help="noise augmentation of the start frame")
+    p.add_argument("--resize", choices=RESIZE_MODES, default="crop", help="how the image is fitted to width x height")
+    p.add_argument("--preprocess", choices=VARIANTS, default="reference", help="reference (SVD/diffusers) or ComfyUI's native SVD node")
+    p.add_argument("--init-latent", help="edit an existing clip: a latent file (from --save-latent or ComfyUI's SaveLatent)")
+    p.add_argument("--denoise", type=float, default=1.0, help="with --init-latent: 1 regenerates, 2/3 is SF-V level 70.6, 1/3 level 2.27")
+    p.add_argument("--decode-chunk", type=int, default=0, help="frames decoded together (0: all); smaller uses less memory")
+    p.add_argument("--decode-overlap", type=int, default=0, help="frames shared by consecutive decode chunks, cross-faded")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--dtype", choices=DTYPE_CHOICES, default="auto")
+    p.add_argument("--vae-dtype", choices=DTYPE_CHOICES, default="auto")
+    p.add_argument("--attention", choices=ATTENTION_CHOICES, default="sdpa")
+    p.add_argument("--out", required=True, help=".webp, .gif, .mp4, or a folder for PNG frames")
+    p.add_argument("--save-latent", help="also write the sampled raw latent (frames x 4 x h x w) as safetensors")
+    p.set_defaults(run=run_generate)
+
+
+def run_generate(args) -> None:
+    import torch
+    from tqdm import tqdm
+
+    from .conditioning import resize_images, to_rgb
+    from .pipeline import SFVPipeline
+    from .video_io import clip_paths, load_image, load_latent, save_clip, save_latent
+
+    images = [to_rgb(load_image(path)) for path in args.image]
+    if len({tuple(image.shape[1:3]) for image in images}) > 1:
+        # Start images of different sizes cannot share a batch: fit each to the output size first.
+        images = [resize_images(image, args.width, args.height, args.resize).movedim(1, -1) for image in images]
+    images = torch.cat(images)
+    pipe = SFVPipeline.from_files(args.checkpoint, args.sfv_unet, args.device, args.dtype, args.vae_dtype, args.attention)
+    settings = dict(width=args.width, height=args.height, num_frames=args.frames, fps=args.fps, motion_bucket_id=args.motion_bucket, augmentation=args.aug, variant=args.preprocess, resize=args.resize)
+    cond, _ = pipe.condition(images, **settings)
+    init = load_latent(args.init_latent, args.frames) if args.init_latent else None
+    with tqdm(total=args.steps, desc="sample", unit="step", file=sys.stderr) as bar:
+        latents = pipe.sample(cond, args.seed, args.steps, init, args.denoise, callback=lambda i: bar.update(1))
+    with tqdm(desc="decode", unit="chunk", file=sys.stderr) as bar:
+
+        def on_chunk(done, total):
+            bar.total = total
+            bar.update(1)
+
+        frames = pipe.decode(latents, args.decode_chunk or None, args.decode_overlap, callback=on_chunk)
+    for clip, path in zip(frames, clip_paths(args.out, frames.shape[0])):
+        print(save_clip(clip, path, args.fps))
+    if args.save_latent:
+        print(save_latent(latents, args.save_latent))
+
+
+def _add_tiny_checkpoint(subparsers) -> None:
+    p = subparsers.add_parser("tiny-checkpoint", help="write a tiny RANDOM SVD-architecture single file (tests and demos; makes noise, not video)")
+    p.add_argument("--out", required=True, help="path of the .safetensors file to write")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(run=run_tiny_checkpoint)
+
+
+def run_tiny_checkpoint(args) -> None:
+    from .checkpoints import save_single_file
+    from .models import TINY, build_random_model
+
+    print(save_single_file(build_random_model(TINY, seed=args.seed), args.out))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m sfv_core", description="SF-V: one-step image-to-video on SVD-family weights.")
+    subparsers = parser.add_subparsers(dest="command", required=True)
+    _add_generate(subparsers)
+    _add_tiny_checkpoint(subparsers)
+    try:
+        from .train.cli import add_train_parser
+    except ImportError:  # the trainer's extra requirements are not installed
+        add_train_parser = None
+    if add_train_parser is not None:
+        add_train_parser(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.run(args)
+    except SFVError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    return 0

@@ -1,0 +1,65 @@
+"""A generation as a sequence of named stages: condition, sample, decode.
+
+The ComfyUI nodes call the stages one by one (each is a node); the command line calls
+`generate`. Latents cross stage boundaries raw (not x 0.18215), shaped (clips, frames, 4, h, w),
+float32 on the CPU, like ComfyUI's LATENT with the clips split out.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from . import conditioning, decoding, sampling
+from .models import SVDModel
+from .runtime import Runtime, place, resolve_runtime
+
+
+@dataclass
+class Generation:
+    frames: torch.Tensor  # (clips, frames, H, W, 3) in [0, 1]
+    latents: torch.Tensor  # (clips, frames, 4, h, w) raw VAE latents
+    start_images: torch.Tensor  # (clips, H, W, 3) resized start images
+
+
+class SFVPipeline:
+    def __init__(self, model: SVDModel, runtime: Runtime | None = None):
+        self.runtime = runtime or resolve_runtime()
+        self.model = place(model, self.runtime)
+
+    @classmethod
+    def from_files(cls, checkpoint: str, sfv_unet: str | None = None, device="auto", dtype="auto", vae_dtype="auto", attention="sdpa") -> "SFVPipeline":
+        from .checkpoints import load_model, load_sfv_unet
+
+        runtime = resolve_runtime(device, dtype, vae_dtype, attention)
+        model = load_model(checkpoint, dtype=runtime.dtype, device=runtime.device)
+        if sfv_unet:
+            model = load_sfv_unet(sfv_unet, model, dtype=runtime.dtype, device=runtime.device)
+        return cls(model, runtime)
+
+    def condition(self, images: torch.Tensor, **settings) -> tuple[sampling.Conditioning, torch.Tensor]:
+        """Start images (B, H, W, C) in [0, 1] -> conditioning on the device, resized images."""
+        cond, resized = conditioning.condition(self.model, images.to(self.runtime.device), **settings)
+        return cond.to(self.runtime.device), resized
+
+    def sample(self, cond: sampling.Conditioning, seed: int, steps: int = 1, init_latents: torch.Tensor | None = None, denoise: float = 1.0, callback=None) -> torch.Tensor:
+        """Raw latents (clips, frames, 4, h, w), float32 on the CPU."""
+        init = None if init_latents is None else sampling.to_model_space(init_latents.float())
+        x0 = sampling.sample(self.model.unet, cond, sampling.seeded_generator(seed), steps, init, denoise, callback)
+        return sampling.to_raw_latent(x0).cpu()
+
+    def decode(self, latents: torch.Tensor, chunk_frames: int | None = None, overlap: int = 0, callback=None) -> torch.Tensor:
+        height, width = latents.shape[-2] * 8, latents.shape[-1] * 8
+        chunk = chunk_frames or latents.shape[1]
+        decoding.check_decode_memory(self.model.vae, min(chunk, latents.shape[1]), height, width)
+        return decoding.decode_latents(self.model.vae, latents, chunk_frames, overlap, callback)
+
+    def generate(self, images: torch.Tensor, *, seed: int = 0, steps: int = 1, chunk_frames: int | None = None, overlap: int = 0, progress=None, **condition_settings) -> Generation:
+        """One clip per start image. `progress(stage, done, total)` reports each stage."""
+        report = progress or (lambda stage, done, total: None)
+        cond, start_images = self.condition(images, **condition_settings)
+        report("condition", 1, 1)
+        latents = self.sample(cond, seed, steps, callback=lambda i: report("sample", i + 1, steps))
+        frames = self.decode(latents, chunk_frames, overlap, callback=lambda done, total: report("decode", done, total))
+        return Generation(frames=frames, latents=latents, start_images=start_images)

@@ -1,0 +1,161 @@
+"""Reading start images and writing clips and latents, always atomically.
+
+Every file is written under a temporary name in its destination folder and renamed into place,
+so an interrupted run never leaves a half-written video, frame or latent behind.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .errors import InputError
+
+VIDEO_SUFFIXES = (".webp", ".gif", ".mp4")
+
+
+def load_image(path: str | os.PathLike) -> torch.Tensor:
+    """An image file -> (1, H, W, C) float in [0, 1]; C is 1 (grey), 2 (grey+alpha), 3 or 4 (RGBA)."""
+    from PIL import Image, UnidentifiedImageError
+
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"start image {path} does not exist: check the --image path.")
+    try:
+        with Image.open(path) as image:
+            image.load()
+            if image.mode == "P":
+                image = image.convert("RGBA" if "transparency" in image.info else "RGB")
+            elif image.mode not in ("L", "LA", "RGB", "RGBA"):
+                image = image.convert("RGBA" if "A" in image.getbands() else ("L" if len(image.getbands()) == 1 else "RGB"))
+            pixels = np.asarray(image, dtype=np.float32) / 255.0
+    except (UnidentifiedImageError, OSError) as error:
+        raise InputError(f"cannot read {path} as an image ({error}): use a PNG, JPEG or WebP file.") from None
+    if pixels.ndim == 2:
+        pixels = pixels[..., None]
+    return torch.from_numpy(pixels.copy()).unsqueeze(0)
+
+
+@contextmanager
+def atomic_path(destination: Path):
+    """Yield a temporary path beside `destination`; rename it into place only on success."""
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(prefix=f".{destination.name}.", suffix=".part", dir=destination.parent)
+    os.close(handle)
+    try:
+        yield Path(temporary)
+        os.replace(temporary, destination)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+def _to_uint8(frames: torch.Tensor) -> np.ndarray:
+    return (frames.clamp(0, 1) * 255.0).round().to(torch.uint8).cpu().numpy()
+
+
+def _write_animation(frames: np.ndarray, path: Path, fps: float, image_format: str) -> None:
+    from PIL import Image
+
+    images = [Image.fromarray(frame) for frame in frames]
+    options = {"quality": 90, "method": 4} if image_format == "WEBP" else {"disposal": 2}
+    with atomic_path(path) as temporary:
+        images[0].save(temporary, format=image_format, save_all=True, append_images=images[1:], duration=round(1000 / fps), loop=0, **options)
+
+
+def _write_mp4(frames: np.ndarray, path: Path, fps: float) -> None:
+    import av
+    from fractions import Fraction
+
+    height, width = frames.shape[1:3]
+    with atomic_path(path) as temporary:
+        with av.open(str(temporary), mode="w", format="mp4") as container:
+            stream = container.add_stream("libx264", rate=Fraction(fps).limit_denominator(1000))
+            stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+            stream.options = {"crf": "17"}
+            for frame in frames:
+                container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
+            container.mux(stream.encode())
+
+
+def _write_png_folder(frames: np.ndarray, folder: Path) -> None:
+    from PIL import Image
+
+    for index, frame in enumerate(frames):
+        with atomic_path(folder / f"frame_{index:05d}.png") as temporary:
+            Image.fromarray(frame).save(temporary, format="PNG")
+
+
+def save_clip(frames: torch.Tensor, path: str | os.PathLike, fps: float) -> Path:
+    """(frames, H, W, 3) in [0, 1] -> .webp / .gif / .mp4, or a folder of PNGs for any other path."""
+    path = Path(path)
+    pixels = _to_uint8(frames)
+    suffix = path.suffix.lower()
+    if suffix == ".webp":
+        _write_animation(pixels, path, fps, "WEBP")
+    elif suffix == ".gif":
+        _write_animation(pixels, path, fps, "GIF")
+    elif suffix == ".mp4":
+        if pixels.shape[1] % 2 or pixels.shape[2] % 2:
+            raise InputError("mp4 (H.264, yuv420p) needs an even width and height.")
+        _write_mp4(pixels, path, fps)
+    elif suffix:
+        raise InputError(f"unknown output type {suffix!r}: use .webp, .gif, .mp4, or a folder name for PNG frames.")
+    else:
+        _write_png_folder(pixels, path)
+    return path
+
+
+def clip_paths(out: str | os.PathLike, clips: int) -> list[Path]:
+    """One output path per clip: `out` itself for one clip, `name_000.ext`, `name_001.ext` ... for several."""
+    out = Path(out)
+    if clips == 1:
+        return [out]
+    return [out.with_name(f"{out.stem}_{index:03d}{out.suffix}") for index in range(clips)]
+
+
+def save_latent(latents: torch.Tensor, path: str | os.PathLike) -> Path:
+    """Raw latents (clips, frames, 4, h, w) -> safetensors in ComfyUI's .latent layout.
+
+    The tensor is stored as (clips * frames, 4, h, w) under `latent_tensor` with the
+    `latent_format_version_0` marker, so ComfyUI's LoadLatent reads it as it is.
+    """
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    clips, frames = latents.shape[:2]
+    tensors = {
+        "latent_tensor": latents.reshape(clips * frames, *latents.shape[2:]).float().contiguous(),
+        "latent_format_version_0": torch.tensor([]),
+    }
+    with atomic_path(path) as temporary:
+        save_file(tensors, str(temporary), metadata={"clips": str(clips), "frames": str(frames)})
+    return path
+
+
+def load_latent(path: str | os.PathLike, frames: int | None = None) -> torch.Tensor:
+    """A latent file written by `save_latent` or ComfyUI's SaveLatent -> (clips, frames, 4, h, w) raw."""
+    from safetensors import SafetensorError, safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"latent file {path} does not exist.")
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            metadata = handle.metadata() or {}
+            if "latent_tensor" not in handle.keys():
+                raise InputError(f"{path} holds no 'latent_tensor': it is not a latent written by SaveLatent or --save-latent.")
+            flat = handle.get_tensor("latent_tensor").float()
+            if "latent_format_version_0" not in handle.keys():
+                flat = flat / 0.18215  # ComfyUI's oldest .latent files stored scaled latents
+    except SafetensorError as error:
+        raise InputError(f"cannot read {path} as safetensors ({error}).") from None
+    frames = frames or int(metadata.get("frames", flat.shape[0]))
+    if flat.ndim != 4 or flat.shape[0] % frames:
+        raise InputError(f"latent of shape {tuple(flat.shape)} does not split into clips of {frames} frames.")
+    return flat.reshape(flat.shape[0] // frames, frames, *flat.shape[1:])
