@@ -31,7 +31,8 @@ SIZE_MULTIPLE = 8
 def check_video_size(width: int, height: int, num_frames: int) -> None:
     for name, value in (("width", width), ("height", height)):
         if value < 64 or value % SIZE_MULTIPLE:
-            nearest = max(64, round(value / SIZE_MULTIPLE) * SIZE_MULTIPLE)
+            lower = value // SIZE_MULTIPLE * SIZE_MULTIPLE
+            nearest = " or ".join(str(v) for v in (lower, lower + SIZE_MULTIPLE) if v >= 64)
             raise InputError(f"{name} {value} is not a multiple of 8 of at least 64: the VAE works on 8x8 pixel blocks. Use {nearest}.")
     if num_frames < 1:
         raise InputError(f"frames must be at least 1, got {num_frames}.")
