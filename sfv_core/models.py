@@ -104,7 +104,9 @@ FULL = SVDConfigs(unet=unet_config(), vae=vae_config(), image_encoder=image_enco
 # 4-level VAE), a 1-layer 224-px CLIP tower. Widths are multiples of 32 for GroupNorm(32).
 TINY = SVDConfigs(
     unet=unet_config(block_out_channels=(32, 32, 64, 64), layers_per_block=1, cross_attention_dim=32),
-    vae=vae_config(block_out_channels=(32, 32, 64, 64), layers_per_block=1),
+    # VAE layers_per_block stays 2: diffusers' temporal decoder gives its mid block that many
+    # resnets, SGM's VideoDecoder (the single-file layout ComfyUI loads) always has 2.
+    vae=vae_config(block_out_channels=(32, 32, 64, 64), layers_per_block=2),
     image_encoder=image_encoder_config(hidden_size=32, num_hidden_layers=1, intermediate_size=64, projection_dim=32),
 )
 
