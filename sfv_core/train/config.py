@@ -1,0 +1,261 @@
+"""The trainer's configuration: dataclasses whose field docs are the one source of truth.
+
+The YAML file (configs/train_sfv.yaml), `--set section.field=value` overrides and the
+`train --help` text are all read from / generated from these fields. Defaults are the
+paper's recipe (SF-V, Zhang et al. 2024) where it states one; the rest are marked
+"not given by the paper" in their help.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from ..errors import InputError
+from ..sampling import SFV_TRAINING_LEVELS
+
+TINY_RANDOM = "tiny-random"
+LOSS_MODES = ("sfv_adversarial", "edm_diffusion")
+PRECISIONS = ("fp32", "bf16", "fp16")
+
+
+def doc(help_text: str, default=dataclasses.MISSING, factory=dataclasses.MISSING):
+    """A dataclass field carrying its help text."""
+    if factory is not dataclasses.MISSING:
+        return field(default_factory=factory, metadata={"help": help_text})
+    return field(default=default, metadata={"help": help_text})
+
+
+@dataclass
+class ModelConfig:
+    path: str = doc(
+        "Base weights: an SVD img2vid single file (.safetensors) or diffusers folder, loaded with "
+        f"checkpoints.load_model. '{TINY_RANDOM}' builds a tiny random model of the same classes "
+        "(a TESTING AID: nothing it trains is useful).",
+        "",
+    )
+
+
+@dataclass
+class DataConfig:
+    path: str = doc("Folder of videos (.mp4 .webm .mov .mkv .avi, read with PyAV) and/or of frame folders (folders of .png/.jpg/.webp frames, sorted by name). Searched recursively.", "")
+    num_frames: int = doc("Frames per training clip (SVD img2vid: 14). The first frame is the image condition.", 14)
+    fps: float = doc("Clips are resampled to this frame rate; it also goes into the time ids (as fps - 1).", 7.0)
+    width: int = doc("Clip width in pixels after resize + centre crop (multiple of 64).", 768)
+    height: int = doc("Clip height in pixels after resize + centre crop (multiple of 64).", 448)
+    frame_folder_fps: typing.Optional[float] = doc("Frame rate of frame-folder sources; null means their frames are already at data.fps.", None)
+    motion_bucket_id: int = doc("Motion bucket id put in the time ids (SVD default 127).", 127)
+    augmentation: float = doc("Noise augmentation of the conditioning frame in [-1,1] pixel space (SVD: 0.02); also goes into the time ids.", 0.02)
+    batch_size: int = doc("Clips per device per micro-batch (the paper: 1, times 4 accumulation steps, times 8 GPUs = 32).", 1)
+    num_workers: int = doc("DataLoader worker processes decoding videos.", 2)
+    latent_cache: str = doc(
+        "Folder of safetensors shards of VAE latents + CLIP embeddings. Empty: encode every batch on the fly "
+        "(VAE and CLIP stay on the device). Set and missing: the pre-pass fills it first, then training reads "
+        "only latents. Each cached clip keeps one start position and one augmentation noise draw.",
+        "",
+    )
+    cache_clips_per_video: int = doc("Clips (random start positions) cached per video by the pre-pass.", 1)
+    cache_shard_size: int = doc("Clips per safetensors shard in the latent cache.", 256)
+
+
+@dataclass
+class LossConfig:
+    mode: str = doc("Training objective: 'sfv_adversarial' (SF-V, the paper) or 'edm_diffusion' (EDM x0 loss as SVD was pretrained).", "sfv_adversarial")
+    generator_levels: list = doc("Noise levels the generator's input is drawn from, uniformly (the paper: the first three of a 4-level Karras schedule).", factory=lambda: list(SFV_TRAINING_LEVELS))
+    disc_p_mean: float = doc("Mean of ln(sigma) of the lognormal noise added to real and generated clips before the discriminator (the paper: -1).", -1.0)
+    disc_p_std: float = doc("Std of ln(sigma) for that noise (the paper: 1).", 1.0)
+    disc_levels: int = doc("The lognormal draw is snapped to the nearest of this many Karras levels (sigma 0.002..700, rho 7).", 1000)
+    adversarial_weight: float = doc("Weight of the generator's hinge loss (mean over the heads).", 1.0)
+    reconstruction_weight: float = doc("Weight of the pseudo-Huber loss between G's x0 and the real latents (the paper: 0.1).", 0.1)
+    huber_c: float = doc(
+        "c of the per-element pseudo-Huber loss sqrt((a-b)^2 + c^2) - c on model-space latents (not given by the paper; "
+        "0.03 is the consistency-model value, Song & Dhariwal 2023): quadratic below c, L1-like above.",
+        0.03,
+    )
+    r1_weight: float = doc("gamma of the R1 penalty gamma/2 * E||grad_x D(x_real)||^2 on noised real inputs (not given by the paper; 0 disables).", 1.0)
+    r1_interval: int = doc("Apply R1 every this many steps, scaled by the interval (lazy regularisation, StyleGAN2); it needs a double backward.", 4)
+    edm_p_mean: float = doc("edm_diffusion only: mean of ln(sigma) of the training noise (SVD: 0.7).", 0.7)
+    edm_p_std: float = doc("edm_diffusion only: std of ln(sigma) of the training noise (SVD: 1.6).", 1.6)
+
+
+@dataclass
+class DiscriminatorConfig:
+    heads: str = doc("Which heads run after each of the 4 down blocks: 'both', 'spatial' or 'temporal' (ablations).", "both")
+    head_channels: int = doc("Width of every head (not given by the paper).", 256)
+    cond_channels: int = doc("Width of the condition embedding (image embedding, noise level, frame index) the heads project with.", 256)
+
+
+@dataclass
+class OptimConfig:
+    lr_generator: float = doc("AdamW learning rate of the generator (the paper: 1e-5).", 1e-5)
+    lr_discriminator: float = doc("AdamW learning rate of the discriminator heads (the paper: 1e-4).", 1e-4)
+    beta1: float = doc("Adam beta1 of both optimisers (the paper: 0.5).", 0.5)
+    beta2: float = doc("Adam beta2 of both optimisers (the paper: 0.999).", 0.999)
+    weight_decay: float = doc("AdamW weight decay (not given by the paper).", 0.0)
+    grad_clip: float = doc("Clip each network's gradient norm to this (0 disables; not in the paper).", 0.0)
+    gradient_accumulation: int = doc("Micro-batches per optimiser step (the paper: 4).", 4)
+    ema_decay: float = doc("Decay of the EMA of the generator, applied every optimiser step (the paper: 0.95). The EMA is what gets exported.", 0.95)
+
+
+@dataclass
+class RunConfig:
+    output_dir: str = doc("Run folder: checkpoints/, logs (loss.csv, tensorboard/), previews/, export/.", "outputs/sfv-train")
+    steps: int = doc("Optimiser steps to train (the paper: 50K).", 50000)
+    seed: int = doc("Seed of everything random: weights of the heads, data order, clip starts, noise.", 0)
+    mixed_precision: str = doc("'fp32', 'bf16' or 'fp16' (autocast via accelerate; fp16 only on GPUs, bf16 recommended). Frozen parts are stored in that dtype; trained weights stay float32.", "bf16")
+    gradient_checkpointing: bool = doc("Recompute activations in backward (diffusers' enable_gradient_checkpointing) for G and the frozen encoder.", True)
+    checkpoint_every: int = doc("Write a resumable checkpoint every this many steps (and at the end).", 500)
+    keep_checkpoints: int = doc("Older checkpoints beyond this many are deleted.", 3)
+    resume: bool = doc("Continue from output_dir/checkpoints/latest when it exists.", True)
+    log_every: int = doc("Log losses (CSV, TensorBoard when installed) every this many steps.", 10)
+    preview_every: int = doc("Write previews/step-N.webp (a one-step sample of the EMA generator, decoded by the VAE) every this many steps; 0 disables. Keeps the VAE on the device, also with a latent cache.", 1000)
+    export_dtype: str = doc("dtype of the exported files: 'fp16' (as SVD's released files), 'bf16' or 'fp32'.", "fp16")
+    export_single_file: bool = doc("Also export the EMA generator inside a complete SVD single file (UNet + base VAE + CLIP) for ComfyUI's ImageOnlyCheckpointLoader.", False)
+
+
+@dataclass
+class TrainConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    discriminator: DiscriminatorConfig = field(default_factory=DiscriminatorConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+    def validate(self) -> "TrainConfig":
+        checks = [
+            (self.loss.mode in LOSS_MODES, f"loss.mode must be one of {LOSS_MODES}"),
+            (self.run.mixed_precision in PRECISIONS, f"run.mixed_precision must be one of {PRECISIONS}"),
+            (self.run.export_dtype in PRECISIONS, f"run.export_dtype must be one of {PRECISIONS}"),
+            (self.discriminator.heads in ("both", "spatial", "temporal"), "discriminator.heads must be both, spatial or temporal"),
+            (self.data.width % 8 == 0 and self.data.height % 8 == 0, "data.width and data.height must be multiples of 8 (64 is safer)"),
+            (self.data.num_frames >= 2, "data.num_frames must be at least 2"),
+            (self.optim.gradient_accumulation >= 1 and self.data.batch_size >= 1, "batch_size and gradient_accumulation must be >= 1"),
+            (bool(self.model.path), f"model.path is empty: point it at an SVD single file or diffusers folder ('{TINY_RANDOM}' for tests)"),
+            (bool(self.data.path) or bool(self.data.latent_cache), "data.path is empty: point it at a folder of videos or frame folders"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise InputError(message)
+        return self
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def sections() -> dict[str, type]:
+    """{'model': ModelConfig, 'data': DataConfig, ...}"""
+    return typing.get_type_hints(TrainConfig)
+
+
+def _field_types(section_type: type) -> dict[str, typing.Any]:
+    return typing.get_type_hints(section_type)
+
+
+def _coerce(value, expected, key: str):
+    """Check a YAML / --set value against a field's type; ints are accepted for floats."""
+    origin = typing.get_origin(expected)
+    if origin is typing.Union:  # Optional[X]
+        if value is None:
+            return None
+        expected = next(t for t in typing.get_args(expected) if t is not type(None))
+    if expected is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if expected in (int, float) and isinstance(value, str):
+        try:  # YAML 1.1 reads "1e-5" (no dot) as text
+            return expected(value)
+        except ValueError:
+            pass
+    if expected is str and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return str(value)
+    if isinstance(value, expected):
+        return value
+    raise InputError(f"config field {key} expects {expected.__name__}, got {value!r}")
+
+
+def apply_values(config: TrainConfig, values: dict, origin: str) -> TrainConfig:
+    """Set `{section: {field: value}}` onto `config`, rejecting unknown keys by name."""
+    known = sections()
+    for section_name, entries in (values or {}).items():
+        if section_name not in known:
+            raise InputError(f"{origin}: unknown config section {section_name!r}; sections are {sorted(known)}")
+        if not isinstance(entries, dict):
+            raise InputError(f"{origin}: section {section_name!r} must be a mapping of field: value")
+        section = getattr(config, section_name)
+        types = _field_types(known[section_name])
+        for name, value in entries.items():
+            if name not in types:
+                raise InputError(f"{origin}: unknown field {section_name}.{name}; fields are {sorted(types)}")
+            setattr(section, name, _coerce(value, types[name], f"{section_name}.{name}"))
+    return config
+
+
+def resolve_key(key: str) -> tuple[str, str]:
+    """'section.field', or a bare field name that exists in exactly one section."""
+    known = sections()
+    if "." in key:
+        section, name = key.split(".", 1)
+        return section, name
+    matches = [s for s, t in known.items() if key in _field_types(t)]
+    if len(matches) != 1:
+        where = f"it is in {matches}" if matches else "no section has it"
+        raise InputError(f"--set {key}: write section.field ({where})")
+    return matches[0], key
+
+
+def parse_overrides(pairs: list[str]) -> dict:
+    """['run.steps=10', 'lr_generator=2e-5'] -> {'run': {'steps': 10}, 'optim': {...}}; values are YAML."""
+    values: dict = {}
+    for pair in pairs or []:
+        if "=" not in pair:
+            raise InputError(f"--set expects key=value, got {pair!r}")
+        key, text = pair.split("=", 1)
+        section, name = resolve_key(key.strip())
+        expected = _field_types(sections()[section]).get(name)
+        # Text fields keep the text as typed (YAML would turn e.g. "no" into False).
+        values.setdefault(section, {})[name] = text if expected is str else yaml.safe_load(text)
+    return values
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> TrainConfig:
+    """Defaults, then the YAML file, then `--set` overrides."""
+    config = TrainConfig()
+    if path:
+        text = Path(path).read_text(encoding="utf-8")
+        apply_values(config, yaml.safe_load(text) or {}, str(path))
+    return apply_values(config, parse_overrides(overrides or []), "--set")
+
+
+def help_text() -> str:
+    """Every field with its type, default and doc, for `train --help`."""
+    lines = ["config fields (YAML section: field; override with --set section.field=value):"]
+    for section_name, section_type in sections().items():
+        lines.append(f"\n  {section_name}:")
+        types = _field_types(section_type)
+        for f in dataclasses.fields(section_type):
+            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+            type_name = getattr(types[f.name], "__name__", str(types[f.name]).replace("typing.", ""))
+            lines.append(f"    {section_name}.{f.name} ({type_name}, default {default!r})")
+            lines.append(f"        {f.metadata['help']}")
+    return "\n".join(lines)
+
+
+def to_yaml(config: TrainConfig) -> str:
+    """The config as YAML with every field's help as a comment (configs/train_sfv.yaml is this)."""
+    import textwrap
+
+    lines = []
+    for section_name in sections():
+        section = getattr(config, section_name)
+        lines.append(f"{section_name}:")
+        for f in dataclasses.fields(section):
+            for comment in textwrap.wrap(f.metadata["help"], 96):
+                lines.append(f"  # {comment}")
+            value = yaml.safe_dump({f.name: getattr(section, f.name)}, default_flow_style=True, width=1000).strip()[1:-1]
+            lines.append(f"  {value}")
+        lines.append("")
+    return "\n".join(lines)

@@ -1,0 +1,81 @@
+"""Noise-level draws and losses, each a short function that reads like its equation.
+
+Logits come as a list, one tensor per discriminator head, each holding one logit per
+position. Losses average positions within a head and then average the heads, so turning
+heads off (ablations) does not change the balance with the reconstruction loss.
+"""
+
+from __future__ import annotations
+
+
+import torch
+
+from ..sampling import karras_sigmas
+
+
+def randn(shape, generator: torch.Generator, device) -> torch.Tensor:
+    """Standard normal drawn on the CPU from the trainer's own generator (device-independent, resumable)."""
+    return torch.randn(shape, generator=generator, dtype=torch.float32).to(device)
+
+
+def generator_sigmas(clips: int, levels: list[float], generator: torch.Generator, device) -> torch.Tensor:
+    """The generator's input level per clip, uniform over `levels` (SF-V: 700, 70.6, 2.27)."""
+    choice = torch.randint(len(levels), (clips,), generator=generator)
+    return torch.tensor(levels, dtype=torch.float32)[choice].to(device)
+
+
+def discriminator_sigmas(clips: int, p_mean: float, p_std: float, count: int, generator: torch.Generator, device) -> torch.Tensor:
+    """ln(sigma) ~ N(p_mean, p_std^2), snapped to the nearest (in ln) of `count` Karras levels."""
+    levels = torch.tensor(karras_sigmas(count), dtype=torch.float32)
+    drawn = p_mean + p_std * torch.randn(clips, generator=generator)
+    nearest = (drawn[:, None] - levels.log()[None, :]).abs().argmin(dim=1)
+    return levels[nearest].to(device)
+
+
+def edm_sigmas(clips: int, p_mean: float, p_std: float, generator: torch.Generator, device) -> torch.Tensor:
+    """EDM's training levels: ln(sigma) ~ N(p_mean, p_std^2) (SVD: 0.7, 1.6)."""
+    return torch.exp(p_mean + p_std * torch.randn(clips, generator=generator)).to(device)
+
+
+def _mean_over_heads(values: list[torch.Tensor]) -> torch.Tensor:
+    return torch.stack(values).mean()
+
+
+def hinge_discriminator(real_logits: list[torch.Tensor], fake_logits: list[torch.Tensor]) -> torch.Tensor:
+    """E[relu(1 - D(real))] + E[relu(1 + D(fake))], per position."""
+    terms = [torch.relu(1 - r.float()).mean() + torch.relu(1 + f.float()).mean() for r, f in zip(real_logits, fake_logits)]
+    return _mean_over_heads(terms)
+
+
+def hinge_generator(fake_logits: list[torch.Tensor]) -> torch.Tensor:
+    """-E[D(fake)], per position."""
+    return _mean_over_heads([-f.float().mean() for f in fake_logits])
+
+
+def per_clip_score(logits: list[torch.Tensor], clips: int) -> torch.Tensor:
+    """(clips,) mean logit of each clip over positions, averaged over heads.
+
+    Every head's first axis is clip-major ((B*T, ...) or (B*H*W, ...)), so a reshape groups by clip.
+    """
+    return torch.stack([l.float().reshape(clips, -1).mean(dim=1) for l in logits]).mean(dim=0)
+
+
+def r1_penalty(real_logits: list[torch.Tensor], real_input: torch.Tensor) -> torch.Tensor:
+    """E_clips ||grad_x D(x)||^2 at the (noised) real input; differentiable (double backward)."""
+    score = per_clip_score(real_logits, real_input.shape[0]).sum()
+    (grad,) = torch.autograd.grad(score, real_input, create_graph=True)
+    return grad.float().pow(2).flatten(1).sum(dim=1).mean()
+
+
+def pseudo_huber(prediction: torch.Tensor, target: torch.Tensor, c: float) -> torch.Tensor:
+    """mean(sqrt((a - b)^2 + c^2) - c): quadratic below c, like L1 above (robust to outliers)."""
+    return (torch.sqrt((prediction.float() - target.float()) ** 2 + c * c) - c).mean()
+
+
+def edm_loss(x0_prediction: torch.Tensor, x0: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    """EDM's weighted x0 loss, lambda(sigma) = (sigma^2 + 1) / sigma^2 with sigma_data = 1."""
+    weight = (sigma**2 + 1) / sigma**2
+    per_clip = (x0_prediction.float() - x0.float()).pow(2).flatten(1).mean(dim=1)
+    return (weight * per_clip).mean()
+
+
