@@ -49,8 +49,9 @@ def run_generate(args) -> None:
 
     from .conditioning import resize_images, to_rgb
     from .pipeline import SFVPipeline
-    from .video_io import clip_paths, load_image, load_latent, save_clip, save_latent
+    from .video_io import check_output_path, clip_paths, load_image, load_latent, save_clip, save_latent
 
+    check_output_path(args.out)
     images = [to_rgb(load_image(path)) for path in args.image]
     if len({tuple(image.shape[1:3]) for image in images}) > 1:
         # Start images of different sizes cannot share a batch: fit each to the output size first.

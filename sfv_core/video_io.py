@@ -91,8 +91,16 @@ def _write_png_folder(frames: np.ndarray, folder: Path) -> None:
             Image.fromarray(frame).save(temporary, format="PNG")
 
 
+def check_output_path(path: str | os.PathLike) -> None:
+    """Refuse an output type we cannot write before any work is done."""
+    suffix = Path(path).suffix.lower()
+    if suffix and suffix not in VIDEO_SUFFIXES:
+        raise InputError(f"unknown output type {suffix!r}: use .webp, .gif, .mp4, or a folder name for PNG frames.")
+
+
 def save_clip(frames: torch.Tensor, path: str | os.PathLike, fps: float) -> Path:
     """(frames, H, W, 3) in [0, 1] -> .webp / .gif / .mp4, or a folder of PNGs for any other path."""
+    check_output_path(path)
     path = Path(path)
     pixels = _to_uint8(frames)
     suffix = path.suffix.lower()
@@ -104,8 +112,6 @@ def save_clip(frames: torch.Tensor, path: str | os.PathLike, fps: float) -> Path
         if pixels.shape[1] % 2 or pixels.shape[2] % 2:
             raise InputError("mp4 (H.264, yuv420p) needs an even width and height.")
         _write_mp4(pixels, path, fps)
-    elif suffix:
-        raise InputError(f"unknown output type {suffix!r}: use .webp, .gif, .mp4, or a folder name for PNG frames.")
     else:
         _write_png_folder(pixels, path)
     return path

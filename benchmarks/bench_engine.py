@@ -1,0 +1,219 @@
+"""Benchmarks of the inference engine (issue 2). Prints one JSON line per measurement.
+
+    python benchmarks/bench_engine.py overhead  [--config tiny|full] [--width W --height H --frames F]
+    python benchmarks/bench_engine.py diffusers [--config tiny|full] [--steps 25]
+    python benchmarks/bench_engine.py load      [--file PATH]   (writes a random full-size fp16 file if absent)
+    python benchmarks/bench_engine.py decode    [--config tiny|full] [--chunks 14,7,4,2] [--overlap 2]
+
+overhead: one-step end-to-end time / sum of the bare component forwards (CLIP, VAE encode,
+UNet, VAE decode) at the same settings; the bar is 1.05.
+diffusers: end-to-end speed-up over diffusers' StableVideoDiffusionPipeline at its defaults
+(25 steps, guidance 1.0 -> 3.0), same weights and settings.
+load: load time of a full-size single file vs reading its bytes (bar 1.5x); peak RSS vs model size (bar 1.3x).
+decode: peak memory of temporal decode against chunk size; PSNR of chunked decode (with and
+without overlap) against all-at-once decode.
+Random weights throughout: the numbers are about time and memory, not picture quality.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import os
+import resource
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from sfv_core import conditioning, decoding, sampling  # noqa: E402
+from sfv_core.models import FULL, TINY, build_random_model  # noqa: E402
+from sfv_core.pipeline import SFVPipeline  # noqa: E402
+
+
+def emit(**record) -> None:
+    print(json.dumps(record), flush=True)
+
+
+def peak_rss_bytes() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def median_time(function, repeats: int) -> float:
+    function()  # warm-up: allocator, kernels, lazy imports
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        function()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def configs_named(name: str):
+    return {"tiny": TINY, "full": FULL}[name]
+
+
+def start_image(width: int, height: int) -> torch.Tensor:
+    from sfv_core.video_io import load_image
+
+    return conditioning.to_rgb(load_image(Path(__file__).resolve().parents[1] / "sfv_core" / "assets" / "start.png"))
+
+
+def bench_overhead(args) -> None:
+    pipe = SFVPipeline(build_random_model(configs_named(args.config)))
+    model, image = pipe.model, start_image(args.width, args.height)
+    settings = dict(width=args.width, height=args.height, num_frames=args.frames)
+    cond, resized = pipe.condition(image, **settings)
+    pixels = resized.movedim(-1, 1) * 2 - 1
+    clip_input = conditioning._normalize_for_clip((conditioning.resize_antialiased(pixels, (224, 224)) + 1) / 2)
+    x = sampling.draw_noise(cond.latent_shape, sampling.seeded_generator(0))
+    unet_input = torch.cat([x, cond.image_latent.unsqueeze(1).expand_as(x)], dim=2)
+    timestep = torch.tensor([0.25 * torch.log(torch.tensor(700.0))])
+    latents = torch.randn(cond.latent_shape)
+
+    with torch.no_grad():
+        parts = {
+            "clip": lambda: model.image_encoder(pixel_values=clip_input),
+            "vae_encode": lambda: model.vae.encode(pixels).latent_dist.mode(),
+            "unet": lambda: model.unet(unet_input, timestep, encoder_hidden_states=cond.image_embeds, added_time_ids=cond.added_time_ids, return_dict=False),
+            "vae_decode": lambda: model.vae.decode(latents[0], num_frames=args.frames).sample,
+        }
+        part_times = {name: median_time(fn, args.repeats) for name, fn in parts.items()}
+    end_to_end = median_time(lambda: pipe.generate(image, seed=0, **settings), args.repeats)
+    components = sum(part_times.values())
+    emit(bench="overhead", config=args.config, size=f"{args.width}x{args.height}", frames=args.frames, threads=torch.get_num_threads(),
+         parts_s={k: round(v, 4) for k, v in part_times.items()}, components_s=round(components, 4),
+         end_to_end_s=round(end_to_end, 4), ratio=round(end_to_end / components, 4), bar=1.05)
+
+
+def bench_diffusers(args) -> None:
+    from diffusers import EulerDiscreteScheduler, StableVideoDiffusionPipeline
+    from PIL import Image
+    from transformers import CLIPImageProcessor
+
+    model = build_random_model(configs_named(args.config))
+    pipe = SFVPipeline(model)
+    image = start_image(args.width, args.height)
+    settings = dict(width=args.width, height=args.height, num_frames=args.frames)
+    pil = Image.fromarray((conditioning.resize_images(image, args.width, args.height)[0].movedim(0, -1) * 255).round().byte().numpy())
+    scheduler = EulerDiscreteScheduler(
+        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", interpolation_type="linear", num_train_timesteps=1000,
+        prediction_type="v_prediction", sigma_max=700.0, sigma_min=0.002, steps_offset=1, timestep_spacing="leading",
+        timestep_type="continuous", use_karras_sigmas=True,
+    )
+    processor = CLIPImageProcessor(image_mean=list(conditioning.CLIP_MEAN), image_std=list(conditioning.CLIP_STD), size=224, crop_size=224)
+    reference = StableVideoDiffusionPipeline(vae=model.vae, image_encoder=model.image_encoder, unet=model.unet, scheduler=scheduler, feature_extractor=processor)
+    reference.set_progress_bar_config(disable=True)
+
+    def run_diffusers():
+        reference(pil, height=args.height, width=args.width, num_frames=args.frames, num_inference_steps=args.steps,
+                  min_guidance_scale=1.0, max_guidance_scale=3.0, generator=torch.Generator().manual_seed(0), output_type="pt")
+
+    ours = median_time(lambda: pipe.generate(image, seed=0, **settings), args.repeats)
+    theirs = median_time(run_diffusers, max(1, args.repeats // 2))
+    emit(bench="vs_diffusers", config=args.config, size=f"{args.width}x{args.height}", frames=args.frames, diffusers_steps=args.steps,
+         guidance="1.0->3.0", sfv_s=round(ours, 4), diffusers_s=round(theirs, 4), speedup=round(theirs / ours, 2))
+
+
+def _write_full_size_file(path: Path) -> None:
+    from sfv_core.checkpoints import save_single_file
+
+    model = build_random_model(FULL)
+    for module in model.modules.values():
+        module.to(torch.float16)
+    save_single_file(model, path)
+
+
+def _load_in_child(path: str, queue) -> None:
+    from sfv_core.checkpoints import load_model
+
+    baseline = peak_rss_bytes()
+    start = time.perf_counter()
+    model = load_model(path, dtype=torch.float16)
+    elapsed = time.perf_counter() - start
+    size = sum(t.numel() * t.element_size() for m in model.modules.values() for t in m.state_dict().values())
+    queue.put({"load_s": elapsed, "peak_rss": peak_rss_bytes(), "baseline_rss": baseline, "model_bytes": size})
+
+
+def _read_in_child(path: str, queue) -> None:
+    start = time.perf_counter()
+    with open(path, "rb") as handle:
+        while handle.read(64 << 20):
+            pass
+    queue.put({"read_s": time.perf_counter() - start})
+
+
+def _in_child(target, *args):
+    context = multiprocessing.get_context("spawn")
+    queue = context.Queue()
+    process = context.Process(target=target, args=(*args, queue))
+    process.start()
+    result = queue.get()
+    process.join()
+    return result
+
+
+def bench_load(args) -> None:
+    path = Path(args.file)
+    if not path.exists():
+        _write_full_size_file(path)
+    _in_child(_read_in_child, str(path))  # warm the page cache for both measurements alike
+    read = _in_child(_read_in_child, str(path))
+    load = _in_child(_load_in_child, str(path))
+    model_gb = load["model_bytes"] / 1e9
+    emit(bench="load", file_gb=round(path.stat().st_size / 1e9, 3), model_gb=round(model_gb, 3), read_s=round(read["read_s"], 3),
+         load_s=round(load["load_s"], 3), time_ratio=round(load["load_s"] / read["read_s"], 3), time_bar=1.5,
+         peak_rss_gb=round(load["peak_rss"] / 1e9, 3), rss_ratio=round(load["peak_rss"] / load["model_bytes"], 3), rss_bar=1.3,
+         process_baseline_rss_gb=round(load["baseline_rss"] / 1e9, 3))
+
+
+def _decode_in_child(config: str, frames: int, height: int, width: int, chunk: int, overlap: int, queue) -> None:
+    torch.manual_seed(0)
+    vae = build_random_model(configs_named(config)).vae
+    latents = torch.randn(1, frames, 4, height // 8, width // 8, generator=torch.Generator().manual_seed(1))
+    baseline = peak_rss_bytes()
+    start = time.perf_counter()
+    out = decoding.decode_latents(vae, latents, chunk_frames=chunk, overlap=overlap)
+    queue.put({"frames": out, "seconds": time.perf_counter() - start, "peak_rss": peak_rss_bytes(), "baseline_rss": baseline})
+
+
+def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
+    mse = torch.mean((a - b) ** 2).item()
+    return float("inf") if mse == 0 else 10 * torch.log10(torch.tensor(1.0 / mse)).item()
+
+
+def bench_decode(args) -> None:
+    whole = None
+    plans = [(int(c), 0) for c in args.chunks.split(",")] + [(int(c), args.overlap) for c in args.chunks.split(",") if args.overlap < int(c) < args.frames]
+    for chunk, overlap in plans:
+        result = _in_child(_decode_in_child, args.config, args.frames, args.height, args.width, chunk, overlap)
+        if whole is None:
+            whole = result["frames"]
+        emit(bench="decode", config=args.config, size=f"{args.width}x{args.height}", frames=args.frames, chunk=chunk, overlap=overlap,
+             seconds=round(result["seconds"], 2), peak_working_gb=round((result["peak_rss"] - result["baseline_rss"]) / 1e9, 3),
+             psnr_vs_all_at_once_db=round(psnr(result["frames"], whole), 2))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("bench", choices=["overhead", "diffusers", "load", "decode"])
+    parser.add_argument("--config", choices=["tiny", "full"], default="tiny")
+    parser.add_argument("--width", type=int, default=256)
+    parser.add_argument("--height", type=int, default=144)
+    parser.add_argument("--frames", type=int, default=14)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--steps", type=int, default=25)
+    parser.add_argument("--file", default="/tmp/sfv_full_fp16.safetensors")
+    parser.add_argument("--chunks", default="14,7,4,2")
+    parser.add_argument("--overlap", type=int, default=2)
+    args = parser.parse_args()
+    {"overhead": bench_overhead, "diffusers": bench_diffusers, "load": bench_load, "decode": bench_decode}[args.bench](args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,80 @@
+"""`python -m sfv_core` as a user runs it (in-process for speed), and the atomic writers."""
+
+import av
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from sfv_core import video_io
+from sfv_core.cli import main
+
+SIZE = ["--width", "64", "--height", "64", "--frames", "4"]
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    path = tmp_path_factory.mktemp("cli") / "tiny_svd.safetensors"
+    assert main(["tiny-checkpoint", "--out", str(path)]) == 0
+    return path
+
+
+def generate(checkpoint, *extra):
+    return main(["generate", "--checkpoint", str(checkpoint), *SIZE, *extra])
+
+
+def test_generate_webp_mp4_png_and_latent(checkpoint, tmp_path):
+    assert generate(checkpoint, "--out", str(tmp_path / "clip.webp"), "--save-latent", str(tmp_path / "clip.latent")) == 0
+    with Image.open(tmp_path / "clip.webp") as webp:
+        assert webp.n_frames == 4 and webp.size == (64, 64)
+    latent = video_io.load_latent(tmp_path / "clip.latent")
+    assert latent.shape == (1, 4, 4, 8, 8)
+
+    assert generate(checkpoint, "--out", str(tmp_path / "clip.mp4"), "--seed", "3") == 0
+    with av.open(str(tmp_path / "clip.mp4")) as container:
+        assert sum(1 for _ in container.decode(video=0)) == 4
+
+    assert generate(checkpoint, "--out", str(tmp_path / "frames")) == 0
+    assert sorted(p.name for p in (tmp_path / "frames").iterdir()) == [f"frame_{i:05d}.png" for i in range(4)]
+
+
+def test_edit_an_existing_clip_and_several_start_images(checkpoint, tmp_path):
+    assert generate(checkpoint, "--out", str(tmp_path / "a.webp"), "--save-latent", str(tmp_path / "a.latent")) == 0
+    assert generate(checkpoint, "--out", str(tmp_path / "b.webp"), "--init-latent", str(tmp_path / "a.latent"), "--denoise", "0.5", "--steps", "2") == 0
+    grey = tmp_path / "grey.png"
+    Image.fromarray((np.random.default_rng(0).random((50, 80)) * 255).astype(np.uint8), mode="L").save(grey)
+    rgba = tmp_path / "rgba.png"
+    Image.fromarray((np.random.default_rng(1).random((64, 64, 4)) * 255).astype(np.uint8), mode="RGBA").save(rgba)
+    assert generate(checkpoint, "--image", str(grey), str(rgba), "--out", str(tmp_path / "two.gif"), "--save-latent", str(tmp_path / "two.latent")) == 0
+    assert (tmp_path / "two_000.gif").exists() and (tmp_path / "two_001.gif").exists()
+    assert video_io.load_latent(tmp_path / "two.latent").shape == (2, 4, 4, 8, 8)
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--width", "100"], "width 100 is not a multiple of 8"),
+        (["--image", "/nonexistent.png"], "does not exist"),
+        (["--steps", "9"], "steps must be between 1 and 4"),
+        (["--out", "clip.avi"], "unknown output type"),
+        (["--denoise", "0.5"], "needs a latent clip"),
+    ],
+)
+def test_bad_input_is_one_clear_line(checkpoint, tmp_path, capsys, args, message):
+    out = ["--out", str(tmp_path / "clip.webp")] if "--out" not in args else []
+    assert main(["generate", "--checkpoint", str(checkpoint), *SIZE, *out, *args]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+    assert not (tmp_path / "clip.webp").exists()
+
+
+def test_failed_write_leaves_no_file(tmp_path, monkeypatch):
+    def broken_save(self, fp, *args, **kwargs):
+        with open(fp, "wb") as handle:
+            handle.write(b"half")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(Image.Image, "save", broken_save)
+    with pytest.raises(OSError, match="disk full"):
+        video_io.save_clip(torch.rand(3, 16, 16, 3), tmp_path / "clip.webp", fps=7)
+    assert list(tmp_path.iterdir()) == []
