@@ -1,0 +1,87 @@
+"""SFV Loader: an SVD-family checkpoint (+ an optional SF-V UNet) -> SFV_MODEL."""
+
+from __future__ import annotations
+
+import os
+
+from ..sfv_core.errors import CheckpointError
+from ..sfv_core.runtime import ATTENTION_CHOICES, DTYPE_CHOICES, resolve_runtime
+from . import comfy_runtime
+from .model import SFVModel, user_errors
+
+SFV_FOLDER = "sfv"  # models/sfv: SF-V UNet weights (what the trainer writes)
+# Pickled formats are listed too, so that picking one gets sfv_core's message on why it is refused.
+WEIGHT_EXTENSIONS = (".safetensors", ".sft", ".ckpt", ".pt", ".pth", ".bin")
+DIFFUSERS_PREFIX = "[diffusers] "
+NO_UNET = "none"
+
+comfy_runtime.register_model_folder(SFV_FOLDER)
+
+
+def _weight_files(kind: str) -> list[str]:
+    return [name for name in comfy_runtime.model_files(kind) if name.lower().endswith(WEIGHT_EXTENSIONS)]
+
+
+def _diffusers_folders() -> dict[str, str]:
+    """Listed name -> path of each diffusers folder (one with model_index.json) in models/diffusers."""
+    found = {}
+    for root in comfy_runtime.model_folders("diffusers"):
+        for folder, _dirs, files in os.walk(root, followlinks=True):
+            if "model_index.json" in files:
+                found.setdefault(DIFFUSERS_PREFIX + os.path.relpath(folder, root), folder)
+    return dict(sorted(found.items()))
+
+
+def checkpoint_path(name: str) -> str:
+    path = comfy_runtime.model_file_path("checkpoints", name)
+    if path is None and name.startswith(DIFFUSERS_PREFIX):
+        path = _diffusers_folders().get(name)
+    if path is None:
+        raise CheckpointError(f"checkpoint {name!r} was not found in models/checkpoints or models/diffusers: refresh the node list (press r) and pick one that exists.")
+    return path
+
+
+def sfv_unet_path(name: str) -> str | None:
+    if name == NO_UNET:
+        return None
+    path = comfy_runtime.model_file_path(SFV_FOLDER, name)
+    if path is None:
+        raise CheckpointError(f"SF-V UNet {name!r} was not found in models/{SFV_FOLDER}: put the file there and refresh (press r), or pick {NO_UNET!r}.")
+    return path
+
+
+class SFVLoader:
+    DESCRIPTION = (
+        "Loads an SVD-family image-to-video model (the original single file from models/checkpoints, or a diffusers "
+        "folder from models/diffusers) and, optionally, an SF-V UNet from models/sfv that replaces its UNet for "
+        "one-step generation. Weights wait on ComfyUI's offload device and are moved to the GPU by the nodes that need them."
+    )
+    CATEGORY = "SF-V"
+    FUNCTION = "load"
+    RETURN_TYPES = ("SFV_MODEL",)
+    RETURN_NAMES = ("sfv_model",)
+    OUTPUT_TOOLTIPS = ("The model: UNet, temporal VAE and CLIP image encoder, with its dtype and attention settings.",)
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        checkpoints = _weight_files("checkpoints") + list(_diffusers_folders())
+        return {
+            "required": {
+                "checkpoint": (checkpoints, {"tooltip": "SVD img2vid single file (e.g. svd.safetensors) from models/checkpoints, or a diffusers folder from models/diffusers. Its VAE and CLIP image encoder are used as they are."}),
+                "sfv_unet": ([NO_UNET, *_weight_files(SFV_FOLDER)], {"default": NO_UNET, "tooltip": f"SF-V UNet weights from models/{SFV_FOLDER} that replace the checkpoint's UNet (one-step generation). '{NO_UNET}' keeps the checkpoint's own UNet."}),
+                "dtype": (list(DTYPE_CHOICES), {"default": "auto", "tooltip": "Weight and compute precision of the UNet and image encoder. auto: bf16 on GPUs that support it, else fp16; fp32 on the CPU. The VAE runs in fp32 next to fp16 (it overflows in fp16)."}),
+                "attention": (list(ATTENTION_CHOICES), {"default": "sdpa", "tooltip": "sdpa: PyTorch's fused attention (fast, little memory). eager: plain matmul-softmax (for debugging or odd devices)."}),
+            }
+        }
+
+    def load(self, checkpoint, sfv_unet, dtype, attention):
+        from ..sfv_core.checkpoints import load_model, load_sfv_unet
+
+        with user_errors():
+            runtime = resolve_runtime(comfy_runtime.compute_device(), dtype, "auto", attention)
+            storage = comfy_runtime.storage_device()
+            model = load_model(checkpoint_path(checkpoint), dtype=runtime.dtype, device=storage)
+            unet_path = sfv_unet_path(sfv_unet)
+            if unet_path is not None:
+                model = load_sfv_unet(unet_path, model, dtype=runtime.dtype, device=storage)
+            return (SFVModel(model, runtime, storage),)

@@ -1,0 +1,96 @@
+"""SFV Temporal VAE Decode (LATENT -> IMAGE) and SFV VAE Encode (IMAGE frames -> LATENT)."""
+
+from __future__ import annotations
+
+import torch
+
+from ..sfv_core.conditioning import check_video_size, encode_image_latent_native, to_rgb
+from ..sfv_core.decoding import decode_bytes_per_frame, plan_chunks
+from ..sfv_core.errors import InputError
+from . import comfy_runtime
+from . import latent as latent_layout
+from .model import user_errors
+
+
+class SFVTemporalVAEDecode:
+    DESCRIPTION = (
+        "Decodes a LATENT with SVD's temporal VAE decoder, a fixed number of frames at a time, so the video is the "
+        "same on every card. Takes the SFV sampler's LATENT or one from native SVD nodes. Outputs all clips' frames "
+        "one after another."
+    )
+    CATEGORY = "SF-V"
+    FUNCTION = "decode"
+    RETURN_TYPES = ("IMAGE",)
+    RETURN_NAMES = ("frames",)
+    OUTPUT_TOOLTIPS = ("Frames (clips x frames, height, width, 3), clip after clip: feed SaveAnimatedWEBP or CreateVideo.",)
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "sfv_model": ("SFV_MODEL", {"tooltip": "The model from SFV Loader (its VAE decodes)."}),
+                "samples": ("LATENT", {"tooltip": "Raw SVD latents, frames in the batch: from SFV One-Step Sampler or a native SVD KSampler."}),
+                "frames_per_chunk": ("INT", {"default": 14, "min": 0, "max": 4096, "tooltip": "Frames decoded together (0: a whole clip). The temporal layers mix frames only inside a chunk; fewer frames use less memory (about 1.2 GB per 1024x576 frame in bf16)."}),
+                "overlap": ("INT", {"default": 0, "min": 0, "max": 4095, "tooltip": "Frames shared by consecutive chunks and cross-faded, to hide seams between chunks. Below frames_per_chunk."}),
+                "frames_per_clip": ("INT", {"default": 0, "min": 0, "max": 4096, "tooltip": "Frames of one clip. 0: the count the SFV sampler stored in the LATENT, or the whole batch as one clip for LATENTs from native nodes."}),
+            }
+        }
+
+    def decode(self, sfv_model, samples, frames_per_chunk, overlap, frames_per_clip):
+        with user_errors():
+            latents = latent_layout.unpack(samples, frames_per_clip)
+            clips, frames, channels, height, width = latents.shape
+            vae = sfv_model.model.vae
+            if channels != vae.config.latent_channels:
+                raise InputError(f"the LATENT has {channels} channels but SVD's VAE takes {vae.config.latent_channels}: connect a latent of an SVD-family model.")
+            chunk = min(frames_per_chunk or frames, frames)
+            chunks = clips * len(plan_chunks(frames, chunk, overlap))
+            pipeline = sfv_model.use("vae", memory_required=decode_bytes_per_frame(vae, height * 8, width * 8) * chunk)
+            progress = comfy_runtime.progress_bar(chunks)
+
+            def on_chunk(done, total):
+                progress.update_absolute(done, total)
+                comfy_runtime.check_interrupted()
+
+            comfy_runtime.check_interrupted()
+            video = pipeline.decode(latents, chunk, overlap, callback=on_chunk)
+        return (video.reshape(clips * frames, *video.shape[2:]),)
+
+
+class SFVVAEEncode:
+    DESCRIPTION = (
+        "Encodes video frames into a LATENT with the SFV model's own VAE encoder (the first-stage encoder that "
+        "ComfyUI's VAE Encode of an SVD checkpoint uses), for re-rendering a clip with SFV One-Step Sampler. "
+        "Saves loading the checkpoint a second time just for its VAE."
+    )
+    CATEGORY = "SF-V"
+    FUNCTION = "encode"
+    RETURN_TYPES = ("LATENT",)
+    RETURN_NAMES = ("latent",)
+    OUTPUT_TOOLTIPS = ("Raw VAE latents (frames, 4, height/8, width/8) of one clip.",)
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "sfv_model": ("SFV_MODEL", {"tooltip": "The model from SFV Loader (its VAE encodes)."}),
+                "frames": ("IMAGE", {"tooltip": "The frames of one clip, already at the conditioner's width and height (e.g. through Upscale Image, crop center)."}),
+            }
+        }
+
+    def encode(self, sfv_model, frames):
+        with user_errors():
+            frames = to_rgb(frames)
+            count, height, width = frames.shape[:3]
+            check_video_size(width, height, count)
+            model = sfv_model.model
+            encoder = model.native_encoder if model.native_encoder is not None else model.vae.encoder
+            sfv_model.use("vae", memory_required=decode_bytes_per_frame(model.vae, height, width))
+            progress = comfy_runtime.progress_bar(count)
+            latents = []
+            for frame in frames.split(1):  # one frame at a time: the 2D encoder needs no neighbours
+                pixels = frame.movedim(-1, 1).to(sfv_model.runtime.device)
+                latents.append(encode_image_latent_native(encoder, pixels, 0.0, None).cpu())
+                progress.update(1)
+                comfy_runtime.check_interrupted()
+        return (latent_layout.pack(torch.cat(latents).unsqueeze(0)),)
