@@ -273,8 +273,11 @@ def _indices(entries: Iterable[str], prefix: str) -> list[int]:
     return sorted(found)
 
 
-def _unet_config(widths, layers, depths, mid_depth, cross_attention_dim, in_channels, out_channels, added_time_dim) -> dict:
-    """models.unet_config for these numbers; `depths` is the transformer depth per level (0: none)."""
+def _unet_config(widths, layers, depths, mid_depth, cross_attention_dim, in_channels, out_channels, added_features) -> dict:
+    """models.unet_config for these numbers; `depths` is the transformer depth per level (0: none),
+    `added_features` the width of the added conditioning (SVD: fps, motion, aug x 256)."""
+    if added_features % 3:
+        raise CheckpointError(f"unsupported UNet: its added conditioning takes {added_features} features, SVD's takes 3 x 256 = 768 (fps, motion, augmentation).")
     if len(set(depths) - {0} | {mid_depth}) == 1:
         transformer_layers = mid_depth
     else:
@@ -289,7 +292,7 @@ def _unet_config(widths, layers, depths, mid_depth, cross_attention_dim, in_chan
         transformer_layers_per_block=transformer_layers,
         in_channels=in_channels,
         out_channels=out_channels,
-        addition_time_embed_dim=added_time_dim,
+        addition_time_embed_dim=added_features // 3,
     )
     # unet_config puts attention on every level but the last (SVD's layout); follow the file.
     config["down_block_types"] = tuple("CrossAttnDownBlockSpatioTemporal" if d else "DownBlockSpatioTemporal" for d in depths)
@@ -319,7 +322,7 @@ def infer_unet_config_sgm(entries: Mapping[str, TensorEntry], root: str = UNET_R
         cross_attention_dim=_shape(entries, root + "middle_block.1.transformer_blocks.0.attn2.to_k.weight")[1],
         in_channels=_shape(entries, root + "input_blocks.0.0.weight")[1],
         out_channels=_shape(entries, root + "out.2.weight")[0],
-        added_time_dim=_shape(entries, root + "label_emb.0.0.weight")[1] // 3,  # fps, motion, aug
+        added_features=_shape(entries, root + "label_emb.0.0.weight")[1],
     )
 
 
@@ -334,7 +337,7 @@ def infer_unet_config_diffusers(entries: Mapping[str, TensorEntry]) -> dict:
         cross_attention_dim=_shape(entries, "mid_block.attentions.0.transformer_blocks.0.attn2.to_k.weight")[1],
         in_channels=_shape(entries, "conv_in.weight")[1],
         out_channels=_shape(entries, "conv_out.weight")[0],
-        added_time_dim=_shape(entries, "add_embedding.linear_1.weight")[1] // 3,
+        added_features=_shape(entries, "add_embedding.linear_1.weight")[1],
     )
 
 
@@ -574,6 +577,9 @@ def _part_config(folder: Path) -> dict:
 
 def _constructor_args(cls, config: Mapping) -> dict:
     """The entries of a saved diffusers config that `cls` takes (drops _class_name etc.)."""
+    saved_class = config.get("_class_name", cls.__name__)
+    if saved_class != cls.__name__:  # e.g. an image model's UNet2DConditionModel
+        raise CheckpointError(f"the config says {saved_class}, expected {cls.__name__} (an SVD-family model).")
     accepted = inspect.signature(cls.__init__).parameters
     return {key: value for key, value in config.items() if key in accepted}
 
@@ -587,11 +593,14 @@ def _clip_args(config: Mapping) -> dict:
 def _folder_configs(folder: Path) -> dict[str, dict]:
     from diffusers import AutoencoderKLTemporalDecoder, UNetSpatioTemporalConditionModel
 
-    return {
-        "unet": _constructor_args(UNetSpatioTemporalConditionModel, _part_config(folder / "unet")),
-        "vae": _constructor_args(AutoencoderKLTemporalDecoder, _part_config(folder / "vae")),
-        "image_encoder": _clip_args(_part_config(folder / "image_encoder")),
-    }
+    try:
+        return {
+            "unet": _constructor_args(UNetSpatioTemporalConditionModel, _part_config(folder / "unet")),
+            "vae": _constructor_args(AutoencoderKLTemporalDecoder, _part_config(folder / "vae")),
+            "image_encoder": _clip_args(_part_config(folder / "image_encoder")),
+        }
+    except CheckpointError as error:
+        raise CheckpointError(f"{folder}: {error}") from None
 
 
 def _check_folder(folder: Path) -> None:
@@ -607,23 +616,21 @@ def _check_folder(folder: Path) -> None:
 def _load_folder(folder: Path, dtype: torch.dtype, device) -> SVDModel:
     _check_folder(folder)
     configs = _folder_configs(folder)
-    builders = {"unet": models.build_unet, "vae": models.build_vae, "image_encoder": models.build_image_encoder}
+    builds = {
+        "unet": (models.build_unet, configs["unet"]),
+        "vae": (models.build_vae, configs["vae"]),
+        "image_encoder": (models.build_image_encoder, configs["image_encoder"]),
+    }
+    if (folder / _NATIVE_ENCODER_FOLDER).is_dir():
+        builds[_NATIVE_ENCODER_FOLDER] = (models.build_native_encoder, configs["vae"])
     loaded = {}
-    for name, stem in _DIFFUSERS_PARTS.items():
-        weights = _part_weights(folder / name, stem)
-        module = _empty(builders[name], configs[name])
+    for name, (build, config) in builds.items():
+        weights = _part_weights(folder / name, _DIFFUSERS_PARTS.get(name, "diffusion_pytorch_model"))
+        module = _empty(build, config)
         part = _Part(module, convert.identity_keymap(module.state_dict().keys()))
-        _check([part], weights, ("",), f"the {name} its config.json describes")
+        _check([part], weights, ("",), f"the {name} its config describes")
         _load_parts([part], weights, dtype, device)
         loaded[name] = module
-    native_folder = folder / _NATIVE_ENCODER_FOLDER
-    if native_folder.is_dir():
-        weights = _part_weights(native_folder, "diffusion_pytorch_model")
-        module = _empty(models.build_native_encoder, configs["vae"])
-        part = _Part(module, convert.identity_keymap(module.state_dict().keys()))
-        _check([part], weights, ("",), "the VAE encoder vae/config.json describes")
-        _load_parts([part], weights, dtype, device)
-        loaded["native_encoder"] = module
     return SVDModel(**loaded, source=str(folder)).eval_frozen()
 
 
@@ -678,9 +685,8 @@ def inspect_checkpoint(path) -> CheckpointInfo:
     weights = read_safetensors_header(path)
     kind, layout, root = detect(weights.entries, weights.label)
     if kind == "sfv_unet":
-        roots = (root,)
         return CheckpointInfo(str(path), kind, layout, **_summary([weights]), unet_config=_infer_unet(weights, layout, root),
-                              ignored_keys=tuple(sorted(k for k in weights.entries if not k.startswith(roots))))
+                              ignored_keys=tuple(sorted(k for k in weights.entries if not k.startswith(root))))
     configs = infer_configs(weights.entries)
     encoders = tuple(name for name, prefix in (("conditioning", _COND_ENCODER), ("first_stage", _NATIVE_ENCODER)) if _any_startswith(weights.entries, prefix))
     return CheckpointInfo(str(path), kind, layout, **_summary([weights]), unet_config=configs.unet, vae_config=configs.vae,
@@ -771,7 +777,7 @@ def _write_safetensors(path, tensors: Mapping[str, torch.Tensor], dtype: torch.d
     path = Path(path)
     if path.suffix != ".safetensors":
         raise CheckpointError(f"{path}: write weights to a .safetensors path.")
-    ready = {key: tensor.detach().to("cpu", dtype if dtype is not None and tensor.is_floating_point() else tensor.dtype).contiguous() for key, tensor in tensors.items()}
+    ready = {key: _cast(tensor.detach(), dtype or tensor.dtype, "cpu").contiguous() for key, tensor in tensors.items()}
     return _atomic_write(path, lambda temporary: save_file(ready, temporary, metadata={"format": "pt"}))
 
 

@@ -432,3 +432,11 @@ def test_save_with_dtype(tiny, tmp_path):
     assert ck.inspect_checkpoint(path).dtypes == {"float16": len(load_file(path))}
     with pytest.raises(CheckpointError, match=".safetensors"):
         ck.save_single_file(tiny, tmp_path / "model.ckpt")
+
+
+def test_folder_of_an_image_model_is_named(tiny_files, tmp_path):
+    folder = shutil.copytree(tiny_files["folder"], tmp_path / "image_unet")
+    config_path = folder / "unet" / "config.json"
+    config_path.write_text(json.dumps(json.loads(config_path.read_text()) | {"_class_name": "UNet2DConditionModel"}))
+    message = load_error(folder)
+    assert "UNet2DConditionModel" in message and "UNetSpatioTemporalConditionModel" in message
