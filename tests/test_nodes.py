@@ -11,6 +11,7 @@ import importlib.util
 import inspect
 import re
 import sys
+import tomllib
 import types
 from pathlib import Path
 
@@ -142,6 +143,13 @@ def test_only_the_guarded_module_reaches_comfyui_and_nothing_is_banned():
         if path.name != "comfy_runtime.py":
             assert not comfy_import.search(text), f"{path.name} imports ComfyUI: only nodes/comfy_runtime.py may"
         assert not banned.search(text), f"{path.name}: {banned.search(text).group(0)}"
+
+
+def test_pyproject_dependencies_are_requirements_txt():
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    lines = [line.strip() for line in (ROOT / "requirements.txt").read_text().splitlines() if line.strip() and not line.startswith("#")]
+    assert project["dependencies"] == lines and "comfyui" not in project["name"].lower()
+    assert not any(re.match(r"torch(vision|audio)?\b", line) for line in lines), "ComfyUI-Manager must never change torch"
 
 
 @pytest.mark.parametrize("node_type", NODE_TYPES)
