@@ -92,11 +92,6 @@ def to_original(keymap: KeyMap, state: Mapping[str, torch.Tensor]) -> dict[str, 
     return out
 
 
-def with_root(keymap: KeyMap, root: str) -> KeyMap:
-    """The same map with `root` put in front of every original key."""
-    return {key: Source(root + s.key, s.kind, s.index, s.count) for key, s in keymap.items()}
-
-
 # ---------------------------------------------------------------------------------------------
 # Rules: our module prefix -> original module prefix. A key is renamed by its longest prefix
 # (at a dot boundary) that has a rule; the rest of the key is kept as it is.
