@@ -185,7 +185,8 @@ def encode_image_latent_native(encoder, images01: torch.Tensor, augmentation: fl
 
     images01: (B, 3, H, W) in [0, 1] -> (B, 4, H/8, W/8).
     """
-    noisy = _augment(images01.float(), augmentation, generator) * 2.0 - 1.0
+    # Noise drawn in IMAGE layout (B, H, W, 3), as ComfyUI's randn_like(pixels) draws it.
+    noisy = _augment(images01.float().movedim(1, -1), augmentation, generator).movedim(-1, 1) * 2.0 - 1.0
     first = next(encoder.parameters())
     moments = encoder(noisy.to(device=first.device, dtype=first.dtype))
     return moments.chunk(2, dim=1)[0].float()

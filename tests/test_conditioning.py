@@ -80,8 +80,10 @@ def test_augmentation_space_differs_between_variants(model):
     torch.manual_seed(0)
     images01 = torch.rand(1, 3, 64, 64)
     noise = torch.randn(images01.shape, generator=torch.Generator().manual_seed(3))
+    # ComfyUI draws randn_like on the (B, H, W, 3) image, then the VAE sees (B, 3, H, W).
+    comfy_noise = torch.randn((1, 64, 64, 3), generator=torch.Generator().manual_seed(3)).movedim(-1, 1)
     native = conditioning.encode_image_latent_native(model.vae.encoder, images01, 0.1, torch.Generator().manual_seed(3))
-    expected = model.vae.encoder((images01 + 0.1 * noise) * 2 - 1).chunk(2, dim=1)[0]
+    expected = model.vae.encoder((images01 + 0.1 * comfy_noise) * 2 - 1).chunk(2, dim=1)[0]
     assert torch.allclose(native, expected, atol=1e-5)
     reference = conditioning.encode_image_latent(model.vae, images01 * 2 - 1, 0.1, torch.Generator().manual_seed(3))
     expected = model.vae.encode(images01 * 2 - 1 + 0.1 * noise).latent_dist.mode()
