@@ -48,6 +48,7 @@ def run_generate(args) -> None:
     from tqdm import tqdm
 
     from .conditioning import resize_images, to_rgb
+    from .decoding import plan_chunks
     from .pipeline import SFVPipeline
     from .video_io import check_output_path, clip_paths, load_image, load_latent, save_clip, save_latent
 
@@ -63,13 +64,9 @@ def run_generate(args) -> None:
     init = load_latent(args.init_latent, args.frames) if args.init_latent else None
     with tqdm(total=args.steps, desc="sample", unit="step", file=sys.stderr) as bar:
         latents = pipe.sample(cond, args.seed, args.steps, init, args.denoise, callback=lambda i: bar.update(1))
-    with tqdm(desc="decode", unit="chunk", file=sys.stderr) as bar:
-
-        def on_chunk(done, total):
-            bar.total = total
-            bar.update(1)
-
-        frames = pipe.decode(latents, args.decode_chunk or None, args.decode_overlap, callback=on_chunk)
+    chunks = len(plan_chunks(args.frames, args.decode_chunk or None, args.decode_overlap)) * latents.shape[0]
+    with tqdm(total=chunks, desc="decode", unit="chunk", file=sys.stderr) as bar:
+        frames = pipe.decode(latents, args.decode_chunk or None, args.decode_overlap, callback=lambda done, total: bar.update(1))
     for clip, path in zip(frames, clip_paths(args.out, frames.shape[0])):
         print(save_clip(clip, path, args.fps))
     if args.save_latent:
