@@ -21,7 +21,7 @@ from sfv_core.train.cli import add_train_parser, run_train
 from sfv_core.train.config import TrainConfig, help_text, load_config, sections
 from sfv_core.train.data import ClipOrder, VideoClipDataset, scan, source_indices
 from sfv_core.train.discriminator import DiscriminatorHeads, FrozenUNetEncoder
-from sfv_core.train.losses import r1_penalty
+from sfv_core.train.losses import approximate_r1_penalty, per_clip_score, r1_penalty
 from sfv_core.train.trainer import SINGLE_FILE, UNET_FILE, Trainer
 
 REPO = Path(__file__).resolve().parents[1]
@@ -149,7 +149,7 @@ def test_head_ablations(kind, count):
 
 
 def test_one_step_trains_generator_and_heads_only(videos, tmp_path):
-    trainer = Trainer(tiny_config(videos, tmp_path, "gradient_accumulation=1"))
+    trainer = Trainer(tiny_config(videos, tmp_path, "gradient_accumulation=1", "r1_mode=exact"))
     trainer.setup_data()
     encoder_before = {k: v.clone() for k, v in trainer.encoder.state_dict().items()}
     generator_before = {k: v.clone() for k, v in trainer.generator.state_dict().items()}
@@ -166,7 +166,7 @@ def test_one_step_trains_generator_and_heads_only(videos, tmp_path):
 
 
 def test_r1_has_a_gradient_with_respect_to_the_real_input(videos, tmp_path):
-    trainer = Trainer(tiny_config(videos, tmp_path))
+    trainer = Trainer(tiny_config(videos, tmp_path, "r1_mode=exact"))
     cond = tiny_cond()
     real = torch.randn(2, FRAMES, 4, 6, 8, requires_grad=True)
     sigma = torch.tensor([0.4, 1.5])
@@ -177,6 +177,25 @@ def test_r1_has_a_gradient_with_respect_to_the_real_input(videos, tmp_path):
         (head_grad,) = torch.autograd.grad(loss, trainer.heads.spatial[0].features[0].weight)
     assert r1.item() > 0 and grad.abs().sum() > 0 and parts["r1"] > 0 and real_input.requires_grad
     assert head_grad.abs().sum() > 0
+
+
+def test_approximate_r1_is_the_directional_derivative(videos, tmp_path):
+    """(D(x + delta*n) - D(x)) / delta -> grad D . n, whose square has mean ||grad D||^2 (the exact R1)."""
+    trainer = Trainer(tiny_config(videos, tmp_path))
+    cond, sigma = tiny_cond(), torch.tensor([0.4, 1.5])
+    real = torch.randn(2, FRAMES, 4, 6, 8, requires_grad=True)
+    direction = torch.randn(2, FRAMES, 4, 6, 8)
+    with trainer._math_attention():
+        real_logits = trainer.discriminate(real, sigma, cond)
+        score = per_clip_score(real_logits, 2)
+        (grad,) = torch.autograd.grad(score.sum(), real)
+    directional = (grad * direction).flatten(1).sum(1).pow(2).mean()
+    with trainer._math_attention():  # the same kernels as the exact pass: only the input differs
+        perturbed_logits = trainer.discriminate(real.detach() + 1e-4 * direction, sigma, cond)
+    approximate = approximate_r1_penalty(real_logits, perturbed_logits, 1e-4, clips=2)
+    assert torch.allclose(approximate, directional, rtol=0.1)
+    loss, parts, _ = trainer.discriminator_loss(real.detach(), cond, real.detach(), sigma, with_r1=True)
+    assert parts["r1"] > 0 and trainer.cfg.loss.r1_mode == "approximate"
 
 
 def test_edm_diffusion_mode(videos, tmp_path):
@@ -212,8 +231,9 @@ def test_resume_continues_the_exact_same_run(videos, tmp_path):
 
 
 def test_killed_checkpoint_write_keeps_the_previous_one(videos, tmp_path, monkeypatch):
-    Trainer(tiny_config(videos, tmp_path, "steps=2")).train()
-    assert checkpointing.latest_checkpoint(tmp_path).name == "step-00000002"
+    settings = ("checkpoint_every=1", "gradient_accumulation=1")
+    Trainer(tiny_config(videos, tmp_path, "steps=1", *settings)).train()
+    assert checkpointing.latest_checkpoint(tmp_path).name == "step-00000001"
 
     import accelerate.checkpointing
 
@@ -226,15 +246,15 @@ def test_killed_checkpoint_write_keeps_the_previous_one(videos, tmp_path, monkey
 
     monkeypatch.setattr(accelerate.checkpointing, "save", dies_mid_write)
     with pytest.raises(KeyboardInterrupt):
-        Trainer(tiny_config(videos, tmp_path, "steps=4")).train()
+        Trainer(tiny_config(videos, tmp_path, "steps=2", *settings)).train()
     monkeypatch.undo()
-    assert checkpointing.latest_checkpoint(tmp_path).name == "step-00000002"
+    assert checkpointing.latest_checkpoint(tmp_path).name == "step-00000001"
     assert list((tmp_path / "checkpoints").glob(".tmp-*"))  # the torn write stayed out of the way
 
-    trainer = Trainer(tiny_config(videos, tmp_path, "steps=4"))
-    assert trainer.resume() and trainer.progress.step == 2
+    trainer = Trainer(tiny_config(videos, tmp_path, "steps=2", *settings))
+    assert trainer.resume() and trainer.progress.step == 1
     trainer.train()
-    assert checkpointing.latest_checkpoint(tmp_path).name == "step-00000004"
+    assert checkpointing.latest_checkpoint(tmp_path).name == "step-00000002"
     assert not list((tmp_path / "checkpoints").glob(".tmp-*"))
 
 

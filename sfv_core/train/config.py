@@ -20,6 +20,7 @@ from ..sampling import SFV_TRAINING_LEVELS
 
 TINY_RANDOM = "tiny-random"
 LOSS_MODES = ("sfv_adversarial", "edm_diffusion")
+R1_MODES = ("approximate", "exact")
 PRECISIONS = ("fp32", "bf16", "fp16")
 
 
@@ -77,6 +78,14 @@ class LossConfig:
         0.03,
     )
     r1_weight: float = doc("gamma of the R1 penalty gamma/2 * E||grad_x D(x_real)||^2 on noised real inputs (not given by the paper; 0 disables).", 1.0)
+    r1_mode: str = doc(
+        "'approximate': E[(D(x + delta*n) - D(x))^2] / delta^2 with n ~ N(0, I), an estimate of the same ||grad_x D||^2 "
+        "from two forward passes (the approximated R1 of APT, Lin et al. 2025), no double backward; 'exact': autograd "
+        "double backward through the frozen encoder with math attention, which at 768x448x14 needs ~99 GB of activations "
+        "(benchmarks/bench_train.py --estimate).",
+        "approximate",
+    )
+    r1_delta: float = doc("delta of the approximate R1 (latent units; the discriminator's inputs carry noise of sigma ~0.37).", 0.01)
     r1_interval: int = doc("Apply R1 every this many steps, scaled by the interval (lazy regularisation, StyleGAN2); it needs a double backward.", 4)
     edm_p_mean: float = doc("edm_diffusion only: mean of ln(sigma) of the training noise (SVD: 0.7).", 0.7)
     edm_p_std: float = doc("edm_diffusion only: std of ln(sigma) of the training noise (SVD: 1.6).", 1.6)
@@ -129,6 +138,8 @@ class TrainConfig:
     def validate(self) -> "TrainConfig":
         checks = [
             (self.loss.mode in LOSS_MODES, f"loss.mode must be one of {LOSS_MODES}"),
+            (self.loss.r1_mode in R1_MODES, f"loss.r1_mode must be one of {R1_MODES}"),
+            (self.loss.r1_interval >= 1 and self.loss.r1_delta > 0, "loss.r1_interval must be >= 1 and loss.r1_delta > 0"),
             (self.run.mixed_precision in PRECISIONS, f"run.mixed_precision must be one of {PRECISIONS}"),
             (self.run.export_dtype in PRECISIONS, f"run.export_dtype must be one of {PRECISIONS}"),
             (self.discriminator.heads in ("both", "spatial", "temporal"), "discriminator.heads must be both, spatial or temporal"),
@@ -232,6 +243,8 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
 
 def help_text() -> str:
     """Every field with its type, default and doc, for `train --help`."""
+    import textwrap
+
     lines = ["config fields (YAML section: field; override with --set section.field=value):"]
     for section_name, section_type in sections().items():
         lines.append(f"\n  {section_name}:")
@@ -240,7 +253,7 @@ def help_text() -> str:
             default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
             type_name = getattr(types[f.name], "__name__", str(types[f.name]).replace("typing.", ""))
             lines.append(f"    {section_name}.{f.name} ({type_name}, default {default!r})")
-            lines.append(f"        {f.metadata['help']}")
+            lines.extend(textwrap.wrap(f.metadata["help"], 100, initial_indent=" " * 8, subsequent_indent=" " * 8))
     return "\n".join(lines)
 
 

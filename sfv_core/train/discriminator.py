@@ -56,17 +56,6 @@ class FrozenUNetEncoder(nn.Module):
     def train(self, mode: bool = True) -> "FrozenUNetEncoder":
         return super().train(False)  # always eval: a frozen feature extractor
 
-    def enable_gradient_checkpointing(self) -> None:
-        """Recompute each resnet / transformer in backward, as diffusers does for the full UNet."""
-
-        def checkpointed(module, *args):
-            return torch.utils.checkpoint.checkpoint(module.__call__, *args, use_reentrant=False)
-
-        for module in self.modules():
-            if hasattr(module, "gradient_checkpointing"):
-                module.gradient_checkpointing = True
-                module._gradient_checkpointing_func = checkpointed
-
     def forward(self, x: torch.Tensor, sigma: torch.Tensor, cond: Conditioning) -> list[torch.Tensor]:
         """Features (B*T, C_i, H_i, W_i) after each down block for latents x (B, T, 4, h, w)."""
         sample, c_noise = unet_input(x, sigma, cond)
@@ -148,19 +137,21 @@ class DiscriminatorHeads(nn.Module):
         """(B, T, cond_width): image embedding, noise level and frame index of each (clip, frame)."""
         batch = sigma.shape[0]
         device = sigma.device
-        image = cond.image_embeds[:, 0].float().unsqueeze(1).expand(-1, frames, -1)
+        dtype = self.cond_embed[0].weight.dtype
+        image = cond.image_embeds[:, 0].to(dtype).unsqueeze(1).expand(-1, frames, -1)
         noise = sinusoidal(0.25 * torch.log(sigma)).unsqueeze(1).expand(-1, frames, -1)
         frame = sinusoidal(torch.arange(frames, device=device, dtype=torch.float32)).unsqueeze(0).expand(batch, -1, -1)
-        return self.cond_embed(torch.cat([image, noise, frame], dim=-1))
+        return self.cond_embed(torch.cat([image, noise.to(dtype), frame.to(dtype)], dim=-1))
 
     def forward(self, features: list[torch.Tensor], sigma: torch.Tensor, cond: Conditioning) -> list[torch.Tensor]:
         """Per-position logits, one tensor per head: spatial (B*T, H, W), temporal (B*H*W, T)."""
         batch = sigma.shape[0]
         frames = features[0].shape[0] // batch
+        dtype = self.cond_embed[0].weight.dtype  # the frozen encoder may run in another dtype
         c = self.embed_condition(sigma, cond, frames)  # (B, T, E)
         logits = []
         for index, f in enumerate(features):
-            f = f.float()
+            f = f.to(dtype)
             _, channels, height, width = f.shape
             if self.spatial is not None:
                 logits.append(self.spatial[index](f, c.flatten(0, 1)[:, :, None, None]))

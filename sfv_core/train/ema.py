@@ -38,8 +38,22 @@ class EMA:
                     p.copy_(s)
 
     def state_dict(self) -> dict:
-        return {"decay": self.decay, "shadow": [s.cpu() for s in self.shadow]}
+        """Whole tensors (shards are gathered under FSDP2: every process must call this, as accelerate does)."""
+        return {"decay": self.decay, "shadow": [_full(s).cpu() for s in self.shadow]}
 
     def load_state_dict(self, state: dict) -> None:
         self.decay = state["decay"]
-        self.shadow = [s.to(p.device) for s, p in zip(state["shadow"], self.parameters)]
+        self.shadow = [_like(s, p) for s, p in zip(state["shadow"], self.parameters)]
+
+
+def _full(tensor: torch.Tensor) -> torch.Tensor:
+    return tensor.full_tensor() if hasattr(tensor, "full_tensor") else tensor
+
+
+def _like(whole: torch.Tensor, parameter: torch.Tensor) -> torch.Tensor:
+    """`whole` placed like `parameter`: the same device, and the same sharding for a DTensor."""
+    if hasattr(parameter, "device_mesh"):
+        from torch.distributed.tensor import distribute_tensor
+
+        return distribute_tensor(whole.to(parameter.device).float(), parameter.device_mesh, parameter.placements)
+    return whole.to(parameter.device).float()

@@ -67,6 +67,16 @@ def r1_penalty(real_logits: list[torch.Tensor], real_input: torch.Tensor) -> tor
     return grad.float().pow(2).flatten(1).sum(dim=1).mean()
 
 
+def approximate_r1_penalty(real_logits: list[torch.Tensor], perturbed_logits: list[torch.Tensor], delta: float, clips: int) -> torch.Tensor:
+    """E_clips [((D(x + delta*n) - D(x)) / delta)^2]: a finite-difference estimate of ||grad_x D||^2.
+
+    For n ~ N(0, I), E[(g . n)^2] = ||g||^2, and (D(x + delta*n) - D(x)) / delta -> g . n, so this
+    penalises the same quantity as `r1_penalty` without differentiating a gradient.
+    """
+    change = per_clip_score(perturbed_logits, clips) - per_clip_score(real_logits, clips)
+    return (change / delta).pow(2).mean()
+
+
 def pseudo_huber(prediction: torch.Tensor, target: torch.Tensor, c: float) -> torch.Tensor:
     """mean(sqrt((a - b)^2 + c^2) - c): quadratic below c, like L1 above (robust to outliers)."""
     return (torch.sqrt((prediction.float() - target.float()) ** 2 + c * c) - c).mean()

@@ -37,7 +37,9 @@ from .discriminator import DiscriminatorHeads, FrozenUNetEncoder
 from .ema import EMA
 from .encoding import LatentCacheDataset, batch_inputs, build_latent_cache, cache_is_complete, finish_latent_cache
 from .logs import LossLog
+from .memory import enable_activation_checkpointing
 from .losses import (
+    approximate_r1_penalty,
     discriminator_sigmas,
     edm_loss,
     edm_sigmas,
@@ -67,8 +69,11 @@ def load_base_model(path: str) -> SVDModel:
 
 def make_accelerator(cfg: TrainConfig):
     from accelerate import Accelerator
+    from accelerate.utils import DistributedDataParallelKwargs
 
-    return Accelerator(mixed_precision={"fp32": "no"}.get(cfg.run.mixed_precision, cfg.run.mixed_precision))
+    # DDP: gradients live in the all-reduce buckets instead of a second copy (6 GB at full size).
+    ddp = DistributedDataParallelKwargs(gradient_as_bucket_view=True)
+    return Accelerator(mixed_precision={"fp32": "no"}.get(cfg.run.mixed_precision, cfg.run.mixed_precision), kwargs_handlers=[ddp])
 
 
 def per_clip(values: torch.Tensor) -> torch.Tensor:
@@ -77,10 +82,16 @@ def per_clip(values: torch.Tensor) -> torch.Tensor:
 
 
 class Progress:
-    """Where the run is: step, data position and the trainer's noise generator (checkpointed)."""
+    """Where the run is: step, data position and the trainer's noise generator (checkpointed).
+
+    Each process draws its own noise; accelerate saves registered objects from the main
+    process only, so the state holds every process's generator state (gathered) and each
+    process takes back its own.
+    """
 
     def __init__(self, seed: int, rank: int):
         self.step = 0
+        self.rank = rank
         self.noise = torch.Generator().manual_seed(seed * 1009 + rank + 1)  # distinct per process
         self.stream: BatchStream | None = None
         self.data_state = {"epoch": 0, "position": 0}
@@ -90,12 +101,15 @@ class Progress:
         stream.load_state_dict(self.data_state)
 
     def state_dict(self) -> dict:
+        from accelerate.utils import gather_object
+
         data = self.stream.state_dict() if self.stream is not None else self.data_state
-        return {"step": self.step, "data": dict(data), "noise": self.noise.get_state()}
+        return {"step": self.step, "data": dict(data), "noise": gather_object([self.noise.get_state()])}
 
     def load_state_dict(self, state: dict) -> None:
         self.step = int(state["step"])
-        self.noise.set_state(state["noise"])
+        if self.rank < len(state["noise"]):  # else more processes than when saved: keep the fresh seed
+            self.noise.set_state(state["noise"][self.rank])
         self.data_state = dict(state["data"])
         if self.stream is not None:
             self.stream.load_state_dict(self.data_state)
@@ -143,9 +157,9 @@ class Trainer:
             ).to(self.device)
         unet.requires_grad_(True).train()
         if cfg.run.gradient_checkpointing:
-            unet.enable_gradient_checkpointing()
-            if self.encoder is not None:
-                self.encoder.enable_gradient_checkpointing()
+            for network in (unet, self.encoder):
+                if network is not None:
+                    enable_activation_checkpointing(network)
         on_the_fly = not cfg.data.latent_cache
         self.place_encoders(vae=on_the_fly or cfg.run.preview_every > 0, image_encoder=on_the_fly)
 
@@ -242,18 +256,28 @@ class Trainer:
         """Hinge loss of the heads on real vs generated (+ lazy R1). Returns (loss, parts, real input)."""
         loss_cfg, noise, clips = self.cfg.loss, self.progress.noise, latents.shape[0]
         sigma_real = discriminator_sigmas(clips, loss_cfg.disc_p_mean, loss_cfg.disc_p_std, loss_cfg.disc_levels, noise, self.device)
-        real_noisy = (latents + per_clip(sigma_real) * randn(latents.shape, noise, self.device)).requires_grad_(with_r1)
+        exact_r1 = with_r1 and loss_cfg.r1_mode == "exact"
+        real_noisy = (latents + per_clip(sigma_real) * randn(latents.shape, noise, self.device)).requires_grad_(exact_r1)
         with self.accelerator.autocast():
-            real_logits = self.discriminate(real_noisy, sigma_real, cond, features_grad=with_r1)
+            real_logits = self.discriminate(real_noisy, sigma_real, cond, features_grad=exact_r1)
             fake_logits = self.discriminate(fake_noisy, sigma_fake, cond, features_grad=False)
             loss = hinge_discriminator(real_logits, fake_logits)
             parts = {"loss_d": loss.item(), "d_real": torch.stack([l.float().mean() for l in real_logits]).mean().item(), "d_fake": torch.stack([l.float().mean() for l in fake_logits]).mean().item()}
             if with_r1:
-                r1 = r1_penalty(real_logits, real_noisy)
+                r1 = self.r1(real_logits, real_noisy, sigma_real, cond)
                 # Lazy regularisation: applied every r1_interval steps, so scaled by it.
                 loss = loss + 0.5 * loss_cfg.r1_weight * loss_cfg.r1_interval * r1
                 parts["r1"] = r1.item()
         return loss, parts, real_noisy
+
+    def r1(self, real_logits: list[torch.Tensor], real_noisy: torch.Tensor, sigma_real: torch.Tensor, cond: Conditioning) -> torch.Tensor:
+        """E||grad_x D(x_real)||^2, exactly (double backward) or by a finite difference (two forwards)."""
+        loss_cfg = self.cfg.loss
+        if loss_cfg.r1_mode == "exact":
+            return r1_penalty(real_logits, real_noisy)
+        perturbed = real_noisy.detach() + loss_cfg.r1_delta * randn(real_noisy.shape, self.progress.noise, self.device)
+        perturbed_logits = self.discriminate(perturbed, sigma_real, cond, features_grad=False)
+        return approximate_r1_penalty(real_logits, perturbed_logits, loss_cfg.r1_delta, real_noisy.shape[0])
 
     def diffusion_loss(self, latents: torch.Tensor, cond: Conditioning) -> tuple[torch.Tensor, dict]:
         """EDM's denoising loss at lognormal levels (SVD's pretraining objective)."""
@@ -282,8 +306,8 @@ class Trainer:
             self.accelerator.backward(loss_g * scale)
             del loss_g
         with_r1 = self.r1_due()
-        # R1 differentiates a gradient: fused attention kernels have no double backward.
-        with self._math_attention() if with_r1 else nullcontext():
+        # Exact R1 differentiates a gradient: fused attention kernels have no double backward.
+        with self._math_attention() if with_r1 and self.cfg.loss.r1_mode == "exact" else nullcontext():
             loss_d, d_parts, _ = self.discriminator_loss(latents, cond, fake["fake_noisy"], fake["sigma_fake"], with_r1)
             self.accelerator.backward(loss_d * scale)
         return {**parts, **d_parts}
@@ -330,6 +354,14 @@ class Trainer:
         return dict(totals)
 
     # ---- the run ------------------------------------------------------------------------
+
+    def mean_over_processes(self, values: dict) -> dict:
+        """Logged losses averaged over processes (every process must call this)."""
+        if self.accelerator.num_processes == 1:
+            return values
+        keys = sorted(values)
+        means = self.accelerator.reduce(torch.tensor([float(values[k]) for k in keys], device=self.device), reduction="mean")
+        return dict(zip(keys, means.tolist()))
 
     def save_checkpoint(self) -> Path | None:
         acc, step = self.accelerator, self.progress.step
@@ -382,8 +414,10 @@ class Trainer:
             started = time.perf_counter()
             values = self.train_step()
             step = self.progress.step
-            if self.loss_log is not None and (step % cfg.run.log_every == 0 or step == cfg.run.steps):
-                self.loss_log.write(step, {**values, "seconds_per_step": time.perf_counter() - started})
+            if step % cfg.run.log_every == 0 or step == cfg.run.steps:
+                values = self.mean_over_processes({**values, "seconds_per_step": time.perf_counter() - started})
+                if self.loss_log is not None:
+                    self.loss_log.write(step, values)
             if cfg.run.preview_every and step % cfg.run.preview_every == 0 and self.model.vae is not None:
                 self.preview()
             if step % cfg.run.checkpoint_every == 0 or step == cfg.run.steps:
