@@ -49,16 +49,20 @@ def unpack(latent: dict, setting: int = 0) -> torch.Tensor:
     return samples.float().reshape(samples.shape[0] // frames, frames, *samples.shape[1:])
 
 
+def _size(shape) -> str:
+    return "x".join(str(int(n)) for n in shape)
+
+
 def unpack_like(latent: dict, shape: tuple[int, int, int, int, int]) -> torch.Tensor:
     """LATENT -> (clips, frames, 4, h, w) checked against the shape a conditioning makes."""
     samples = _samples(latent)
     clips, frames, channels, height, width = shape
     stored = latent.get(FRAMES_KEY)
     if (stored and stored != frames) or tuple(samples.shape) != (clips * frames, channels, height, width):
-        held = f"{samples.shape[0]} frames" + (f" ({samples.shape[0] // stored} clips of {stored})" if stored else "")
+        in_clips = f", clips of {stored} frames" if stored else ""
         raise InputError(
-            f"the LATENT holds {held} of {tuple(samples.shape[1:])} latents (a {samples.shape[-1] * 8}x{samples.shape[-2] * 8} video), "
-            f"but the conditioning makes {clips} clip(s) x {frames} frames of {(channels, height, width)} (a {width * 8}x{height * 8} video): "
+            f"the LATENT holds {samples.shape[0]} frames of {_size(samples.shape[1:])} latents (a {samples.shape[-1] * 8}x{samples.shape[-2] * 8} video{in_clips}), "
+            f"but the conditioning makes {clips} clip{'s' if clips > 1 else ''} x {frames} frames of {_size(shape[2:])} latents (a {width * 8}x{height * 8} video): "
             "set frames, width and height in SFV Image Conditioner to the clip's, with one start image per clip."
         )
     return samples.float().reshape(shape)

@@ -19,6 +19,10 @@ from . import comfy_runtime
 UNET_WORKSPACE_MIB_PER_LATENT_PIXEL_BYTE = 0.02
 
 
+class SFVParts(torch.nn.ModuleDict):
+    """Modules of one part of the model, as one unit for ComfyUI's memory manager (and its log)."""
+
+
 @contextmanager
 def user_errors():
     """Bad input in the graph becomes a plain exception whose message (problem and fix) ComfyUI
@@ -46,7 +50,7 @@ class SFVModel:
         if model.native_encoder is not None:
             vae_parts["native_encoder"] = model.native_encoder
         parts = {"unet": {"unet": model.unet}, "vae": vae_parts, "image_encoder": {"image_encoder": model.image_encoder}}
-        self.managed = {name: comfy_runtime.manage(torch.nn.ModuleDict(modules), runtime.device, storage) for name, modules in parts.items()}
+        self.managed = {name: comfy_runtime.manage(SFVParts(modules), runtime.device, storage) for name, modules in parts.items()}
 
     @property
     def model(self) -> SVDModel:

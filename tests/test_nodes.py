@@ -301,7 +301,7 @@ def test_latent_that_does_not_fit(sfv_model):
     with pytest.raises(ValueError) as excinfo:
         run_node("SFVOneStepSampler", sfv_model=sfv_model, conditioning=conditioning, seed=0, steps=1, latent=wrong, denoise=0.5)
     message = plain_error(excinfo)
-    assert "holds 10 frames" in message and f"1 clip(s) x {FRAMES} frames" in message and "SFV Image Conditioner" in message
+    assert "holds 10 frames of 4x8x8 latents" in message and f"makes 1 clip x {FRAMES} frames" in message and "SFV Image Conditioner" in message
     with pytest.raises(ValueError, match="a 256x128 video"):
         run_node("SFVOneStepSampler", sfv_model=sfv_model, conditioning=conditioning, seed=0, steps=1, latent={"samples": torch.zeros(FRAMES, 4, 16, 32)})
     with pytest.raises(ValueError, match="needs a latent clip"):
