@@ -57,14 +57,18 @@ def videos(tmp_path_factory):
     return root
 
 
-def tiny_config(videos, out, *overrides) -> TrainConfig:
-    settings = [
+def tiny_config_sets(videos, out, *overrides) -> list[str]:
+    """--set pairs for a tiny CPU run (tiny random model, 4 frames of 64x48, fp32)."""
+    return [
         "model.path=tiny-random", f"data.path={videos}", f"run.output_dir={out}",
         f"num_frames={FRAMES}", f"width={WIDTH}", f"height={HEIGHT}", "frame_folder_fps=14", "num_workers=0",
         "gradient_accumulation=2", "mixed_precision=fp32", "head_channels=32", "cond_channels=32",
-        "r1_interval=2", "log_every=1", "preview_every=0", "checkpoint_every=2", "export_dtype=fp32",
+        "r1_interval=2", "log_every=1", "preview_every=0", "checkpoint_every=2", "export_dtype=fp32", *overrides,
     ]
-    return load_config(None, settings + list(overrides))
+
+
+def tiny_config(videos, out, *overrides) -> TrainConfig:
+    return load_config(None, tiny_config_sets(videos, out, *overrides))
 
 
 # ---- data ---------------------------------------------------------------------------------
@@ -259,8 +263,10 @@ def test_killed_checkpoint_write_keeps_the_previous_one(videos, tmp_path, monkey
 
 
 def test_export_loads_through_the_inference_path(videos, tmp_path):
-    trainer = Trainer(tiny_config(videos, tmp_path, "steps=1", "export_single_file=true"))
+    trainer = Trainer(tiny_config(videos, tmp_path, "steps=1", "export_single_file=true", "preview_every=1"))
     trainer.train()
+    with Image.open(tmp_path / "previews" / "step-00000001.webp") as preview:
+        assert preview.n_frames == FRAMES and preview.size == (WIDTH, HEIGHT)
     unet_file, single_file = trainer.export()
     assert (unet_file.name, single_file.name) == (UNET_FILE, SINGLE_FILE)
     with trainer.ema.swapped_in():
@@ -322,3 +328,15 @@ def test_cli_help_and_print_config(capsys):
     assert yaml.safe_load(capsys.readouterr().out)["run"]["steps"] == 7
     result = subprocess.run([sys.executable, "-m", "sfv_core", "train", "--help"], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0 and "loss.r1_interval" in result.stdout and "--set" in result.stdout
+
+
+def test_cli_trains_then_exports(videos, tmp_path, capsys):
+    from sfv_core.cli import main
+
+    sets = [arg for pair in tiny_config_sets(videos, tmp_path, "steps=1", "gradient_accumulation=1") for arg in ("--set", pair)]
+    assert main(["train", *sets]) == 0
+    assert (tmp_path / "export" / UNET_FILE).is_file()
+    (tmp_path / "export" / UNET_FILE).unlink()
+    assert main(["train", *sets, "--export-only"]) == 0
+    assert str(tmp_path / "export" / UNET_FILE) in capsys.readouterr().out
+    assert main(["train", "--set", "run.mixed_precision=fp64"]) == 2  # a config error is a message, not a traceback

@@ -51,7 +51,7 @@ class FrozenUNetEncoder(nn.Module):
         for name in ("conv_in", "time_proj", "time_embedding", "add_time_proj", "add_embedding", "down_blocks"):
             setattr(self, name, copy.deepcopy(getattr(unet, name)))
         self.channels = [block.resnets[-1].spatial_res_block.out_channels for block in self.down_blocks]
-        self.requires_grad_(False).eval()
+        self.requires_grad_(False).train(False)
 
     def train(self, mode: bool = True) -> "FrozenUNetEncoder":
         return super().train(False)  # always eval: a frozen feature extractor

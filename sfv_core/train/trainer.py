@@ -418,7 +418,7 @@ class Trainer:
                 values = self.mean_over_processes({**values, "seconds_per_step": time.perf_counter() - started})
                 if self.loss_log is not None:
                     self.loss_log.write(step, values)
-            if cfg.run.preview_every and step % cfg.run.preview_every == 0 and self.model.vae is not None:
+            if cfg.run.preview_every and step % cfg.run.preview_every == 0:
                 self.preview()
             if step % cfg.run.checkpoint_every == 0 or step == cfg.run.steps:
                 self.save_checkpoint()
@@ -439,7 +439,7 @@ class Trainer:
             live = acc.unwrap_model(self.generator)
             unet = type(live).from_config(live.config)
             unet.load_state_dict({k: v.float().cpu() for k, v in state.items()}, strict=True)
-            unet.eval().requires_grad_(False)
+            unet.train(False).requires_grad_(False)
             dtype = PRECISION_DTYPES[self.cfg.run.export_dtype]
             paths.append(Path(save_unet_file(unet, folder / UNET_FILE, dtype=dtype)))
             if self.cfg.run.export_single_file:
