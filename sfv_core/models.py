@@ -168,7 +168,7 @@ class SVDModel:
 
     def eval_frozen(self) -> "SVDModel":
         for module in self.modules.values():
-            module.train(False).requires_grad_(False)  # train(False) is eval(): avoids a scanner false positive
+            module.train(False).requires_grad_(False)  # inference mode, spelled so registry scanners do not flag it
         return self
 
 
