@@ -19,7 +19,8 @@ from sfv_core.sampling import Conditioning, denoise, sample, seeded_generator
 from sfv_core.train import checkpointing
 from sfv_core.train.cli import add_train_parser, run_train
 from sfv_core.train.config import TrainConfig, help_text, load_config, sections
-from sfv_core.train.data import ClipOrder, VideoClipDataset, scan, source_indices
+from sfv_core.train.data import ClipOrder, VideoClipDataset, item_rng, scan, source_indices
+from sfv_core.train.encoding import encode_clips
 from sfv_core.train.discriminator import DiscriminatorHeads, FrozenUNetEncoder
 from sfv_core.train.losses import approximate_r1_penalty, per_clip_score, r1_penalty
 from sfv_core.train.trainer import SINGLE_FILE, UNET_FILE, Trainer
@@ -48,6 +49,7 @@ def videos(tmp_path_factory):
     root = tmp_path_factory.mktemp("videos")
     write_video(root / "a.mp4", 20)
     write_video(root / "b.mp4", 20, codec="libx264")
+    write_video(root / "c.webm", 20, codec="libvpx-vp9")  # webm carries no frame count: probed by duration
     write_video(root / "short.mp4", 5)  # 0.25 s: too short for 4 frames at 7 fps
     (root / "corrupt.mp4").write_bytes(os.urandom(3000))
     frames = root / "frames_clip"
@@ -76,7 +78,7 @@ def tiny_config(videos, out, *overrides) -> TrainConfig:
 
 def test_scan_skips_and_counts_bad_sources(videos):
     report = scan(videos, FRAMES, 7.0, 14.0)
-    assert sorted(Path(s.path).name for s in report.sources) == ["a.mp4", "b.mp4", "frames_clip"]
+    assert sorted(Path(s.path).name for s in report.sources) == ["a.mp4", "b.mp4", "c.webm", "frames_clip"]
     assert [Path(p).name for p in report.unreadable] == ["corrupt.mp4"]
     assert [Path(p).name for p in report.too_short] == ["short.mp4"]
 
@@ -94,6 +96,8 @@ def test_clips_are_resampled_resized_and_deterministic(videos):
     assert np.allclose(green, [source_green[i] for i in (0, 3, 6, 9)], atol=0.01)
     folder_clip = dataset.read_clip(sources["frames_clip"], 0.0)  # 14 -> 7 fps: every 2nd frame
     assert np.allclose(((folder_clip.mean(dim=(1, 2, 3)) + 1) * 127.5).tolist(), [0, 60, 120, 180], atol=1)
+    webm = dataset.read_clip(sources["c.webm"], 0.99)  # the last valid start: frames 10, 13, 16, 19
+    assert webm.shape == (FRAMES, 3, 32, 32)
     first, again = dataset[(3, 1)], dataset[(3, 1)]
     assert torch.equal(first["frames"], again["frames"]) and int(first["fallbacks"]) == 0
     assert source_indices(5, 20.0, 7.0, FRAMES, 0.0) is None
@@ -284,9 +288,14 @@ def test_latent_cache_prepass_then_training(videos, tmp_path):
     cfg = tiny_config(videos, tmp_path / "run", f"data.latent_cache={cache}", "steps=1", "cache_shard_size=2", "gradient_accumulation=1")
     trainer = Trainer(cfg)
     trainer.train()
-    assert (cache / "index.json").is_file() and len(list(cache.glob("shard-*.safetensors"))) == 2  # 3 clips
-    assert len(trainer.stream.dataset) == 3 and trainer.progress.step == 1
+    assert (cache / "index.json").is_file() and len(list(cache.glob("shard-*.safetensors"))) == 2  # 4 clips
+    assert len(trainer.stream.dataset) == 4 and trainer.progress.step == 1
     assert next(trainer.model.image_encoder.parameters()).device.type == "cpu"
+    # Row 0 is the first source's clip, encoded as on-the-fly training would encode it.
+    clip = VideoClipDataset(trainer._sources(), FRAMES, 7.0, WIDTH, HEIGHT, seed=0).read_clip(trainer._sources()[0], item_rng(0, 0, 0).random())
+    latents, cond = encode_clips(trainer.model, clip[None], cfg.data, torch.Generator())
+    cached = trainer.stream.dataset[(0, 0)]
+    assert torch.allclose(cached["latents"], latents[0], atol=2e-3) and torch.equal(cached["image_embeds"], cond.image_embeds[0])
     with pytest.raises(InputError, match="latent cache"):  # a cache built with other settings is refused
         Trainer(tiny_config(videos, tmp_path / "run2", f"data.latent_cache={cache}", "num_frames=3")).setup_data()
 
