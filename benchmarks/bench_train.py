@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import subprocess
 import sys
@@ -49,11 +50,13 @@ def peak_rss_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
-def measure_variant(checkpointing: bool, steps: int, frames: int, size: int) -> dict:
+def measure_variant(checkpointing: bool, steps: int, frames: int, size: int, threads: int) -> dict:
     from sfv_core.sampling import Conditioning
     from sfv_core.train.config import load_config
     from sfv_core.train.trainer import Trainer
 
+    if threads:
+        torch.set_num_threads(threads)
     torch.manual_seed(0)
     cfg = load_config(None, [
         "model.path=tiny-random", "data.path=unused", "data.latent_cache=unused", "run.output_dir=/tmp/sfv-bench",
@@ -71,6 +74,7 @@ def measure_variant(checkpointing: bool, steps: int, frames: int, size: int) -> 
         trainer.optimizer_step()
 
     step()  # warm-up (allocator, first-call overheads)
+    load_before = os.getloadavg()[0]
     started = time.perf_counter()
     for _ in range(steps):
         step()
@@ -79,13 +83,15 @@ def measure_variant(checkpointing: bool, steps: int, frames: int, size: int) -> 
         "gradient_checkpointing": checkpointing, "steps": steps, "frames": frames, "pixels": f"{size}x{size}",
         "steps_per_second": steps / seconds, "peak_rss_gb": peak_rss_bytes() / GB, "rss_before_steps_gb": before / GB,
         "torch_threads": torch.get_num_threads(),
+        # Other processes on a shared CPU slow these steps a lot: keep the machine's load with the numbers.
+        "load_average_1min": [round(load_before, 2), round(os.getloadavg()[0], 2)],
     }
 
 
 def measure(args) -> None:
-    print(f"device: CPU ({torch.get_num_threads()} torch threads); no GPU was available for these numbers")
+    print(f"device: CPU, {os.cpu_count()} cores; no GPU was available for these numbers")
     for checkpointing in (False, True):
-        command = [sys.executable, __file__, "--variant", str(int(checkpointing)), "--steps", str(args.steps), "--frames", str(args.frames), "--size", str(args.size)]
+        command = [sys.executable, __file__, "--variant", str(int(checkpointing)), "--steps", str(args.steps), "--frames", str(args.frames), "--size", str(args.size), "--threads", str(args.threads)]
         result = json.loads(subprocess.run(command, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1])
         print(json.dumps(result))
 
@@ -266,12 +272,13 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--frames", type=int, default=14)
     parser.add_argument("--size", type=int, default=128, help="clip width = height in pixels")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     parser.add_argument("--variant", type=int, choices=(0, 1), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.estimate:
         estimate(args)
     elif args.variant is not None:
-        print(json.dumps(measure_variant(bool(args.variant), args.steps, args.frames, args.size)))
+        print(json.dumps(measure_variant(bool(args.variant), args.steps, args.frames, args.size, args.threads)))
     else:
         measure(args)
 
