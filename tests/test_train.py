@@ -325,7 +325,7 @@ def test_config_file_holds_the_documented_defaults():
 def test_overrides_and_errors():
     cfg = load_config(None, ["steps=10", "optim.lr_generator=2e-5", "mixed_precision=fp32", "frame_folder_fps=null"])
     assert (cfg.run.steps, cfg.optim.lr_generator, cfg.run.mixed_precision, cfg.data.frame_folder_fps) == (10, 2e-5, "fp32", None)
-    for bad in (["nosuch=1"], ["run.nosuch=1"], ["steps=ten"], ["path=x"]):  # path: in model and data
+    for bad in (["nosuch=1"], ["run.nosuch=1"], ["nosuch.steps=1"], ["steps=ten"], ["path=x"]):  # path: in model and data
         with pytest.raises(InputError):
             load_config(None, bad)
 

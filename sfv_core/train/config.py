@@ -138,6 +138,7 @@ class TrainConfig:
     def validate(self) -> "TrainConfig":
         checks = [
             (self.loss.mode in LOSS_MODES, f"loss.mode must be one of {LOSS_MODES}"),
+            (bool(self.loss.generator_levels) and all(isinstance(s, (int, float)) and s > 0 for s in self.loss.generator_levels), "loss.generator_levels must be a list of positive noise levels"),
             (self.loss.r1_mode in R1_MODES, f"loss.r1_mode must be one of {R1_MODES}"),
             (self.loss.r1_interval >= 1 and self.loss.r1_delta > 0, "loss.r1_interval must be >= 1 and loss.r1_delta > 0"),
             (self.run.mixed_precision in PRECISIONS, f"run.mixed_precision must be one of {PRECISIONS}"),
@@ -210,6 +211,8 @@ def resolve_key(key: str) -> tuple[str, str]:
     known = sections()
     if "." in key:
         section, name = key.split(".", 1)
+        if section not in known:
+            raise InputError(f"--set {key}: unknown config section {section!r}; sections are {sorted(known)}")
         return section, name
     matches = [s for s, t in known.items() if key in _field_types(t)]
     if len(matches) != 1:
