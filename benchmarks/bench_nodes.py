@@ -7,11 +7,11 @@
 Both sides read the same checkpoint file from a temporary models folder and generate the same
 clip (checked bitwise). The nodes run as ComfyUI calls them, with ComfyUI absent (the pack's
 fallbacks): SFV Loader, SFV Image Conditioner, SFV One-Step Sampler, SFV Temporal VAE Decode.
-The direct side is SFVPipeline.from_files + generate. Reported: loading, the three generation
-stages (median and fastest of --repeats interleaved runs), loading + median (the whole graph),
-and node / direct ratios. The bar is 1.02. Other processes on a 2-core machine can double a
-single run: the ratio of back-to-back pairs (a node run, then the direct run) is the steadier
-comparison then.
+The direct side is SFVPipeline.from_files + generate. Reported: loading (fastest of two), the
+three generation stages (median and fastest of --repeats interleaved runs after a warm-up),
+loading + median (the whole graph), and node / direct ratios. The bar is 1.02. Other
+processes on a 2-core machine can slow single runs several times over: the ratio of
+back-to-back pairs (a node run, then the direct run) is the steadier comparison then.
 """
 
 from __future__ import annotations
@@ -88,29 +88,37 @@ class Direct:
         return frames.reshape(-1, *frames.shape[2:])
 
 
-def measure(graph: NodeGraph, direct: Direct, image, settings, seed, chunk, repeats, share: bool) -> dict:
-    """{side: (load seconds, [generation seconds], first frames)}, generations interleaved.
+def drop(side) -> None:
+    side.__dict__.pop("model", None)
+    side.__dict__.pop("pipeline", None)
+    gc.collect()
 
-    Each side loads the file once, timed alone. With `share` (full size: two copies do not fit
-    in memory) the node graph's model is freed before the direct load, then the graph wraps
-    the direct side's modules in an SFV_MODEL exactly as its loader does, so that both sides'
-    generations still alternate under the same machine load.
+
+def measure(graph: NodeGraph, direct: Direct, image, settings, seed, chunk, repeats, share: bool) -> dict:
+    """{side: (fastest load seconds, [generation seconds], first frames)}.
+
+    Loads alternate (nodes, direct, nodes, direct) so that neither side alone pays for a cold
+    file cache; generations alternate too, after one untimed warm-up run each. With `share`
+    (full size: two copies do not fit in memory) only one model is in memory at a time, and for
+    the generations the node graph wraps the direct side's modules in an SFV_MODEL exactly as
+    its loader does.
     """
-    results = {"nodes": [timed(graph.load)[1], [], None]}
-    if share:
-        del graph.model
-        gc.collect()
-    results["direct"] = [timed(direct.load)[1], [], None]
+    sides = (("nodes", graph), ("direct", direct))
+    loads = {name: [] for name, _ in sides}
+    for _ in range(2):
+        for name, side in sides:
+            if share:
+                drop(graph)
+                drop(direct)
+            loads[name].append(timed(side.load)[1])
+            print(f"  {name:6s} load     {loads[name][-1]:8.2f} s", flush=True)
     if share:
         graph.model = graph.wrap(direct.pipeline.model, direct.pipeline.runtime)
-    for name in results:
-        print(f"  {name:6s} load     {results[name][0]:8.2f} s", flush=True)
+    results = {name: [min(loads[name]), [], side.generate(image, settings, seed, chunk)] for name, side in sides}
     for _ in range(repeats):
-        for name, side in (("nodes", graph), ("direct", direct)):
-            frames, seconds = timed(side.generate, image, settings, seed, chunk)
+        for name, side in sides:
+            seconds = timed(side.generate, image, settings, seed, chunk)[1]
             results[name][1].append(seconds)
-            if results[name][2] is None:
-                results[name][2] = frames
             print(f"  {name:6s} generate {seconds:8.2f} s", flush=True)
     return results
 
