@@ -24,8 +24,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import multiprocessing
 import resource
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -90,9 +90,11 @@ def measure_variant(checkpointing: bool, steps: int, frames: int, size: int, thr
 
 def measure(args) -> None:
     print(f"device: CPU, {os.cpu_count()} cores; no GPU was available for these numbers")
+    # Each variant in a fresh process, so that peak RSS is that variant's own.
+    context = multiprocessing.get_context("spawn")
     for checkpointing in (False, True):
-        command = [sys.executable, __file__, "--variant", str(int(checkpointing)), "--steps", str(args.steps), "--frames", str(args.frames), "--size", str(args.size), "--threads", str(args.threads)]
-        result = json.loads(subprocess.run(command, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1])
+        with context.Pool(1) as pool:
+            result = pool.apply(measure_variant, (checkpointing, args.steps, args.frames, args.size, args.threads))
         print(json.dumps(result))
 
 
