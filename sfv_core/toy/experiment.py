@@ -1,0 +1,410 @@
+"""SF-V in miniature: the paper's Table 1 and head ablation on generated data, end to end.
+
+    python -m sfv_core.toy.experiment --out outputs/toy            # the full run (~20-30 min, 2 CPU cores)
+    python -m sfv_core.toy.experiment --out /tmp/toy --quick       # a smoke run (seconds)
+
+Stages, all in this process, through the project's own code paths:
+  1. data: train / held-out clips from `toy.data`, written as frame folders (the trainer's input);
+  2. VAE: the tiny SVD VAE (KL-f8 encoder + temporal decoder, the real diffusers class) fitted to
+     the training frames here (a random VAE would make decoded clips meaningless);
+  3. teacher: the tiny SVD UNet trained from scratch by `sfv_core.train.Trainer` with
+     `loss.mode: edm_diffusion` (EDM v-prediction, as SVD was pretrained), latent cache on;
+  4. SF-V: the teacher fine-tuned by the same Trainer with `loss.mode: sfv_adversarial`, three
+     times: heads both / spatial / temporal;
+  5. evaluation on the held-out split: one clip per held-out start frame for each row, decoded
+     by the VAE, scored with the FVD proxy of `toy.metric` against the real held-out clips.
+Writes results.json, table.md and quality_vs_time.png into --out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from .. import conditioning, sampling
+from ..models import TINY, SVDConfigs, SVDModel, build_random_model
+from . import data as toy_data
+from . import metric
+
+log = logging.getLogger("sfv_core.toy")
+
+# The tiny SVD architecture of `models.TINY` (real classes, small widths).
+TOY_CONFIGS: SVDConfigs = TINY
+
+
+@dataclass
+class ToyConfig:
+    num_frames: int = 8
+    size: int = 64
+    fps: int = 7
+    train_clips: int = 1024
+    heldout_clips: int = 128
+    vae_steps: int = 300
+    vae_batch_clips: int = 1
+    vae_lr: float = 2e-3
+    pretrain_steps: int = 1500
+    pretrain_batch: int = 8
+    pretrain_lr: float = 5e-4
+    distill_steps: int = 400
+    distill_batch: int = 4
+    distill_lr_g: float = 1e-4
+    distill_lr_d: float = 5e-4
+    head_channels: int = 64
+    teacher_steps: int = 25
+    guidance: tuple = (1.0, 3.0)
+    seed: int = 0
+    threads: int = 2
+    variants: tuple = ("both", "spatial", "temporal")
+    # Reuse --out's data, latent cache and teacher from an earlier run (only the SF-V stages
+    # and the evaluation run again; their timings are then not a whole run's).
+    reuse_teacher: bool = False
+
+    @classmethod
+    def quick(cls) -> "ToyConfig":
+        return cls(train_clips=8, heldout_clips=6, vae_steps=2, pretrain_steps=2, pretrain_batch=2,
+                   distill_steps=1, distill_batch=2, teacher_steps=3)
+
+
+# ---- stage 2: the VAE --------------------------------------------------------------------
+
+def train_vae(model: SVDModel, clips: torch.Tensor, cfg: ToyConfig) -> list[float]:
+    """Fit the VAE to training frames: L1 + MSE reconstruction through the temporal decoder, a
+    tiny KL, and a pull of the latent std towards 1 / 0.18215 so that model-space latents have
+    std ~1 (EDM's sigma_data = 1)."""
+    vae = model.vae
+    vae.requires_grad_(True).train()
+    opt = torch.optim.Adam(vae.parameters(), lr=cfg.vae_lr)
+    generator = torch.Generator().manual_seed(cfg.seed + 11)
+    target_std = 1.0 / vae.config.scaling_factor
+    losses = []
+    for step in range(cfg.vae_steps):
+        pick = torch.randint(len(clips), (cfg.vae_batch_clips,), generator=generator)
+        x = clips[pick].permute(0, 1, 4, 2, 3).flatten(0, 1) * 2 - 1  # (B*F, 3, H, W)
+        posterior = vae.encode(x).latent_dist
+        z = posterior.sample(generator)
+        recon = vae.decode(z, num_frames=cfg.num_frames).sample
+        rec = (recon - x).abs().mean() + (recon - x).square().mean()
+        kl = posterior.kl().mean() / z[0].numel()
+        scale = (posterior.mean.std() - target_std).square() / target_std**2
+        loss = rec + 1e-4 * kl + 0.1 * scale
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        losses.append(rec.item())
+        if step % 100 == 0:
+            log.info("vae step %d: reconstruction %.4f, latent std %.2f", step, rec.item(), posterior.mean.std().item())
+    vae.requires_grad_(False).train(False)
+    return losses
+
+
+# ---- stages 3-4: the trainer -----------------------------------------------------------
+
+def trainer_config(cfg: ToyConfig, model_path: Path, data_path: Path, cache: Path, out: Path, mode: str, heads: str = "both"):
+    from ..train.config import TrainConfig
+
+    t = TrainConfig()
+    t.model.path = str(model_path)
+    d = t.data
+    d.path, d.latent_cache, d.num_frames, d.fps, d.width, d.height = str(data_path), str(cache), cfg.num_frames, float(cfg.fps), cfg.size, cfg.size
+    d.num_workers, d.cache_clips_per_video = 0, 1
+    r = t.run
+    r.output_dir, r.seed, r.mixed_precision, r.gradient_checkpointing = str(out), cfg.seed, "fp32", False
+    r.preview_every, r.resume, r.log_every, r.export_dtype, r.export_single_file = 0, False, 25, "fp32", True
+    t.loss.mode = mode
+    t.optim.gradient_accumulation = 1
+    if mode == "edm_diffusion":
+        r.steps, d.batch_size = cfg.pretrain_steps, cfg.pretrain_batch
+        r.checkpoint_every = r.steps
+        t.optim.lr_generator, t.optim.beta1, t.optim.ema_decay = cfg.pretrain_lr, 0.9, 0.995
+    else:
+        r.steps, d.batch_size = cfg.distill_steps, cfg.distill_batch
+        r.checkpoint_every = r.steps
+        t.optim.lr_generator, t.optim.lr_discriminator = cfg.distill_lr_g, cfg.distill_lr_d
+        t.discriminator.heads, t.discriminator.head_channels, t.discriminator.cond_channels = heads, cfg.head_channels, cfg.head_channels
+    return t
+
+
+def run_trainer(train_cfg) -> tuple[Path, float]:
+    """Train, export; returns (the exported single file, seconds)."""
+    from ..train.trainer import SINGLE_FILE, Trainer
+
+    started = time.perf_counter()
+    trainer = Trainer(train_cfg)
+    trainer.train()
+    trainer.export()
+    seconds = time.perf_counter() - started
+    out = Path(train_cfg.run.output_dir)
+    shutil.rmtree(out / "checkpoints", ignore_errors=True)  # resumable state is not needed here
+    return out / "export" / SINGLE_FILE, seconds
+
+
+# ---- stage 5: sampling and evaluation ----------------------------------------------------
+
+def unconditional(cond: sampling.Conditioning) -> sampling.Conditioning:
+    """SVD's unconditional branch: zero image embedding and zero image latent."""
+    return sampling.Conditioning(torch.zeros_like(cond.image_embeds), torch.zeros_like(cond.image_latent), cond.added_time_ids, cond.num_frames)
+
+
+@torch.no_grad()
+def sample_guided(unet, cond: sampling.Conditioning, generator: torch.Generator, steps: int, guidance=(1.0, 3.0)) -> torch.Tensor:
+    """SVD's sampler: Euler on the Karras schedule (sigma_max 700 -> 0.002, then 0) with
+    per-frame classifier-free guidance rising linearly from guidance[0] to guidance[1]."""
+    sigmas = sampling.karras_sigmas(steps) + [0.0]
+    x = sampling.draw_noise(cond.latent_shape, generator) * math.sqrt(sigmas[0] ** 2 + 1)
+    scale = torch.linspace(guidance[0], guidance[1], cond.num_frames).reshape(1, -1, 1, 1, 1)
+    both = sampling.Conditioning(*(torch.cat([u, c]) for u, c in zip(
+        (unconditional(cond).image_embeds, unconditional(cond).image_latent, cond.added_time_ids),
+        (cond.image_embeds, cond.image_latent, cond.added_time_ids))), cond.num_frames)
+    for s, s_next in zip(sigmas[:-1], sigmas[1:]):
+        d_uncond, d_cond = sampling.denoise(unet, torch.cat([x, x]), s, both).chunk(2)
+        x0 = d_uncond + scale * (d_cond - d_uncond)
+        x = x0 if s_next == 0 else x + (s_next - s) * (x - x0) / s
+    return x
+
+
+@torch.no_grad()
+def decode(vae, model_latents: torch.Tensor, chunk_clips: int = 16) -> torch.Tensor:
+    """Model-space latents (N, F, 4, h, w) -> frames (N, F, H, W, 3) in [0, 1]."""
+    out = []
+    for chunk in sampling.to_raw_latent(model_latents).split(chunk_clips):
+        n, f = chunk.shape[:2]
+        pixels = vae.decode(chunk.flatten(0, 1), num_frames=f).sample
+        out.append(((pixels + 1) / 2).clamp(0, 1).unflatten(0, (n, f)).permute(0, 1, 3, 4, 2))
+    return torch.cat(out)
+
+
+def condition_heldout(model: SVDModel, clips: torch.Tensor, cfg: ToyConfig) -> sampling.Conditioning:
+    cond, _ = conditioning.condition(model, clips[:, 0], width=cfg.size, height=cfg.size, num_frames=cfg.num_frames,
+                                     fps=cfg.fps, augmentation=0.02, augmentation_seed=cfg.seed)
+    return cond
+
+
+def evaluate(name: str, model: SVDModel, make_latents, cond, real: torch.Tensor, real_features: torch.Tensor, unet_passes: int,
+             recon_features: torch.Tensor | None = None) -> dict:
+    """Generate one clip per held-out start frame, decode, score; time is wall time per clip of
+    sampling + decoding (conditioning excluded: it is the same for every row)."""
+    started = time.perf_counter()
+    latents = make_latents(model.unet, cond)
+    sampled = time.perf_counter()
+    frames = decode(model.vae, latents)
+    done = time.perf_counter()
+    clips = len(real)
+    row = {
+        "method": name,
+        "unet_passes": unet_passes,
+        "fvd_proxy": float("nan"),
+        "motion": metric.motion(frames),
+        "motion_data": metric.motion(real),
+        "first_frame_error": metric.first_frame_error(frames, real[:, 0]),
+        "seconds_per_clip": (done - started) / clips,
+        "unet_seconds_per_clip": (sampled - started) / clips,
+    }
+    features = metric.video_features(frames)
+    row["fvd_proxy"] = metric.frechet_distance(features, real_features)
+    row["fvd_proxy_vs_recon"] = metric.frechet_distance(features, recon_features) if recon_features is not None else float("nan")
+    row["motion_error"] = abs(row["motion"] - row["motion_data"]) / row["motion_data"]
+    log.info("%s: %s", name, {k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()})
+    return row, frames
+
+
+def load(path: Path) -> SVDModel:
+    from ..checkpoints import load_model
+
+    return load_model(path, dtype=torch.float32, device="cpu")
+
+
+def run(out: str | Path, cfg: ToyConfig | None = None) -> dict:
+    cfg = cfg or ToyConfig()
+    torch.set_num_threads(cfg.threads)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    timings: dict = {}
+    started = time.perf_counter()
+
+    from ..train.trainer import SINGLE_FILE
+
+    data_dir, cache = out / "data" / "train", out / "latent_cache"
+    teacher_path = out / "teacher" / "export" / SINGLE_FILE
+    heldout = toy_data.to_float(toy_data.generate_split("heldout", cfg.heldout_clips, cfg.num_frames, cfg.size))
+    vae_losses = []
+    if not (cfg.reuse_teacher and teacher_path.is_file() and cache.is_dir()):
+        # 1. data
+        t0 = time.perf_counter()
+        train_u8 = toy_data.generate_split("train", cfg.train_clips, cfg.num_frames, cfg.size)
+        shutil.rmtree(out / "data", ignore_errors=True)
+        toy_data.write_frame_folders(train_u8, data_dir)
+        timings["data"] = time.perf_counter() - t0
+
+        # 2. base model: tiny SVD classes, random UNet / CLIP tower, a VAE fitted to the frames
+        t0 = time.perf_counter()
+        base = build_random_model(TOY_CONFIGS, seed=cfg.seed)
+        vae_losses = train_vae(base, toy_data.to_float(train_u8), cfg)
+        from ..checkpoints import save_single_file
+
+        base_path = save_single_file(base, out / "base.safetensors")
+        timings["vae"] = time.perf_counter() - t0
+
+        # 3. teacher: EDM diffusion pretraining with the project's trainer
+        shutil.rmtree(cache, ignore_errors=True)
+        shutil.rmtree(out / "teacher", ignore_errors=True)
+        teacher_path, timings["teacher"] = run_trainer(trainer_config(cfg, base_path, data_dir, cache, out / "teacher", "edm_diffusion"))
+    else:
+        log.info("reusing %s and %s", teacher_path, cache)
+    for heads in cfg.variants:
+        shutil.rmtree(out / f"sfv_{heads}", ignore_errors=True)
+
+    # 4. SF-V distillation, both heads and the two ablations
+    students = {}
+    for heads in cfg.variants:
+        students[heads], timings[f"sfv_{heads}"] = run_trainer(trainer_config(cfg, teacher_path, data_dir, cache, out / f"sfv_{heads}", "sfv_adversarial", heads))
+
+    # 5. evaluation on the held-out split
+    t0 = time.perf_counter()
+    teacher = load(teacher_path)
+    cond = condition_heldout(teacher, heldout, cfg)
+    real_features = metric.video_features(heldout)
+    seed = cfg.seed + 1000
+    g = lambda: sampling.seeded_generator(seed)
+    rows, samples = [], {}
+    recon = {}
+
+    def add(name, model, fn, passes):
+        row, frames = evaluate(name, model, fn, cond, heldout, real_features, passes, recon.get("features"))
+        rows.append(row)
+        samples[name] = frames
+
+    # The floor: the VAE's reconstruction of the held-out clips (no generation).
+    with torch.no_grad():
+        flat = heldout.permute(0, 1, 4, 2, 3).flatten(0, 1) * 2 - 1
+        encoded = torch.cat([teacher.vae.encode(c).latent_dist.mode() for c in flat.split(128)])
+        encoded = sampling.to_model_space(encoded).unflatten(0, (len(heldout), cfg.num_frames))
+    add("VAE reconstruction (floor)", teacher, lambda unet, c: encoded, 0)
+    # Second reference: the VAE's reconstructions, so the VAE's own error drops out and the
+    # distance measures only the generated latents (seen through the same decoder).
+    recon["features"] = metric.video_features(samples["VAE reconstruction (floor)"])
+    rows[0]["fvd_proxy_vs_recon"] = 0.0
+    add(f"teacher, {cfg.teacher_steps} steps, CFG {cfg.guidance[0]}->{cfg.guidance[1]}", teacher,
+        lambda unet, c: sample_guided(unet, c, g(), cfg.teacher_steps, cfg.guidance), 2 * cfg.teacher_steps)
+    add(f"teacher, 1 step, CFG {cfg.guidance[0]}->{cfg.guidance[1]}", teacher, lambda unet, c: sample_guided(unet, c, g(), 1, cfg.guidance), 2)
+    add("teacher, 1 step, no CFG", teacher, lambda unet, c: sampling.sample(unet, c, g(), steps=1), 1)
+    for heads in cfg.variants:
+        student = load(students[heads])
+        label = {"both": "SF-V", "spatial": "SF-V, spatial heads only", "temporal": "SF-V, temporal heads only"}[heads]
+        for steps in ((1, 2, 4) if heads == "both" else (1,)):
+            add(f"{label}, {steps} step{'s' if steps > 1 else ''}", student, lambda unet, c, k=steps: sampling.sample(unet, c, g(), steps=k), steps)
+    timings["evaluation"] = time.perf_counter() - t0
+    timings["total"] = time.perf_counter() - started
+
+    results = {"config": asdict(cfg), "rows": rows, "timings_s": timings, "bars": bars(rows, cfg),
+               "vae_reconstruction_first_last": [vae_losses[0], vae_losses[-1]] if vae_losses else None,
+               "files": {"teacher": str(teacher_path), **{f"sfv_{k}": str(v) for k, v in students.items()}}}
+    (out / "results.json").write_text(json.dumps(results, indent=1))
+    (out / "table.md").write_text(table(results))
+    plot(rows, out / "quality_vs_time.png")
+    save_samples(samples, heldout, out / "samples.png")
+    log.info("\n%s", table(results))
+    return results
+
+
+def _row(rows, prefix):
+    return next(r for r in rows if r["method"].startswith(prefix))
+
+
+def bars(rows: list[dict], cfg: ToyConfig) -> dict:
+    """The issue's bars, checked on the measured numbers, for both references of the FVD proxy."""
+    out = {}
+    for key, label in (("fvd_proxy", "vs real"), ("fvd_proxy_vs_recon", "vs VAE reconstructions")):
+        teacher_full = _row(rows, f"teacher, {cfg.teacher_steps} steps")[key]
+        teacher_one = min(_row(rows, "teacher, 1 step, CFG")[key], _row(rows, "teacher, 1 step, no CFG")[key])
+        if "both" not in cfg.variants:
+            continue
+        sfv = _row(rows, "SF-V, 1 step")[key]
+        out[f"[{label}] SF-V 1 step <= 0.5 x teacher 1 step (the better of CFG / no CFG)"] = bool(sfv <= 0.5 * teacher_one)
+        out[f"[{label}] SF-V 1 step <= 1.5 x teacher {cfg.teacher_steps} steps"] = bool(sfv <= 1.5 * teacher_full)
+        if {"spatial", "temporal"} <= set(cfg.variants):
+            out[f"[{label}] spatial heads only worse than both"] = bool(_row(rows, "SF-V, spatial")[key] > sfv)
+            out[f"[{label}] temporal heads only worse than both"] = bool(_row(rows, "SF-V, temporal")[key] > sfv)
+    return out
+
+
+def table(results: dict) -> str:
+    lines = ["| method | UNet passes | FVD proxy vs real (lower is better) | FVD proxy vs VAE reconstructions | motion (data) | first-frame error | s / clip (sample + decode) | s / clip (UNet only) |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in results["rows"]:
+        lines.append(f"| {r['method']} | {r['unet_passes']} | {r['fvd_proxy']:.4f} | {r.get('fvd_proxy_vs_recon', float('nan')):.4f} | {r['motion']:.4f} ({r['motion_data']:.4f}) | "
+                     f"{r['first_frame_error']:.4f} | {r['seconds_per_clip']:.4f} | {r['unet_seconds_per_clip']:.4f} |")
+    lines.append("")
+    lines += [f"- {k}: {'MET' if v else ('not met' if v is not None else 'not run')}" for k, v in results["bars"].items()]
+    lines.append("- wall time (s): " + ", ".join(f"{k} {v:.0f}" for k, v in results["timings_s"].items()))
+    return "\n".join(lines) + "\n"
+
+
+def plot(rows: list[dict], path: Path) -> Path:
+    """Quality (FVD proxy) against time per clip, log-log, drawn with PIL (no matplotlib here)."""
+    from PIL import Image, ImageDraw
+
+    width, height, margin = 900, 560, 70
+    image = Image.new("RGB", (width, height), "white")
+    draw = ImageDraw.Draw(image)
+    points = [(r["seconds_per_clip"], max(r["fvd_proxy"], 1e-6), r["method"]) for r in rows]
+    xs, ys = [math.log10(p[0]) for p in points], [math.log10(p[1]) for p in points]
+    x0, x1 = min(xs) - 0.1, max(xs) + 0.1
+    y0, y1 = min(ys) - 0.1, max(ys) + 0.1
+    px = lambda x: margin + (x - x0) / (x1 - x0) * (width - 2.5 * margin)
+    py = lambda y: height - margin - (y - y0) / (y1 - y0) * (height - 2 * margin)
+    draw.rectangle([margin, margin, width - 1.5 * margin, height - margin], outline="black")
+    for (s, q, name), x, y in zip(points, xs, ys):
+        cx, cy = px(x), py(y)
+        colour = "red" if name.startswith("SF-V") else ("blue" if name.startswith("teacher") else "gray")
+        draw.ellipse([cx - 5, cy - 5, cx + 5, cy + 5], fill=colour)
+        draw.text((cx + 8, cy - 6), f"{name} ({q:.3g}, {s:.3g}s)", fill="black")
+    draw.text((margin, height - margin + 20), f"seconds per clip (log10, {10**x0:.3g} .. {10**x1:.3g})", fill="black")
+    draw.text((margin, 20), f"FVD proxy, lower is better (log10, {10**y0:.3g} .. {10**y1:.3g}); red SF-V, blue teacher", fill="black")
+    image.save(path)
+    return path
+
+
+def save_samples(samples: dict, real: torch.Tensor, path: Path, clips: int = 3) -> Path:
+    """A grid: for the first held-out clips, real and each method's clip, frames left to right."""
+    from PIL import Image
+
+    rows = [real[:clips]] + [frames[:clips] for frames in samples.values()]
+    strips = [torch.cat([torch.cat(list(clip), dim=1) for clip in block], dim=0) for block in rows]
+    grid = (torch.cat(strips, dim=0).clamp(0, 1) * 255).round().byte().numpy()
+    Image.fromarray(grid).save(path)
+    return path
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", default="outputs/toy")
+    parser.add_argument("--quick", action="store_true", help="a smoke run with a few steps of everything")
+    parser.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE", help="override ToyConfig fields, e.g. pretrain_steps=800")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    cfg = ToyConfig.quick() if args.quick else ToyConfig()
+    for pair in args.set:
+        key, value = pair.split("=", 1)
+        current = getattr(cfg, key)
+        if isinstance(current, bool):
+            value = value.lower() in ("1", "true", "yes")
+        elif isinstance(current, tuple):
+            value = tuple(type(current[0])(v) for v in value.split(","))
+        else:
+            value = type(current)(value)
+        setattr(cfg, key, value)
+    results = run(args.out, cfg)
+    print(table(results))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
