@@ -83,12 +83,24 @@ def bench_overhead(args) -> None:
             "unet": lambda: model.unet(unet_input, timestep, encoder_hidden_states=cond.image_embeds, added_time_ids=cond.added_time_ids, return_dict=False),
             "vae_decode": lambda: model.vae.decode(latents[0], num_frames=args.frames).sample,
         }
-        part_times = {name: median_time(fn, args.repeats) for name, fn in parts.items()}
-    end_to_end = median_time(lambda: pipe.generate(image, seed=0, **settings), args.repeats)
+        timed = dict(parts, end_to_end=lambda: pipe.generate(image, seed=0, **settings))
+        # Interleaved rounds, minimum per item (timeit's rule: the least disturbed run is the
+        # truest cost); a shared CPU slows single runs, never speeds them up.
+        for function in timed.values():
+            function()  # warm-up
+        runs = {name: [] for name in timed}
+        for _ in range(args.repeats):
+            for name, function in timed.items():
+                start = time.perf_counter()
+                function()
+                runs[name].append(time.perf_counter() - start)
+    part_times = {name: min(runs[name]) for name in parts}
+    end_to_end = min(runs["end_to_end"])
     components = sum(part_times.values())
     emit(bench="overhead", config=args.config, size=f"{args.width}x{args.height}", frames=args.frames, threads=torch.get_num_threads(),
          parts_s={k: round(v, 4) for k, v in part_times.items()}, components_s=round(components, 4),
-         end_to_end_s=round(end_to_end, 4), ratio=round(end_to_end / components, 4), bar=1.05)
+         end_to_end_s=round(end_to_end, 4), ratio=round(end_to_end / components, 4), bar=1.05, rounds=args.repeats,
+         load_average_1min=round(os.getloadavg()[0], 2))
 
 
 def bench_diffusers(args) -> None:
