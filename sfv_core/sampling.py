@@ -83,24 +83,37 @@ class Conditioning:
         return Conditioning(move(self.image_embeds), move(self.image_latent), move(self.added_time_ids), self.num_frames)
 
 
+def _per_clip(sigma: float | torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    sigma = torch.as_tensor(sigma, dtype=torch.float32, device=x.device).reshape(-1)
+    return sigma.expand(x.shape[0]) if sigma.numel() == 1 else sigma
+
+
+def unet_input(x: torch.Tensor, sigma: float | torch.Tensor, cond: Conditioning) -> tuple[torch.Tensor, torch.Tensor]:
+    """What F sees for D(x; sigma): cat[c_in * x, z_img] on channels, and c_noise as its timestep.
+
+    Also the input of the trainer's discriminator, which reads the UNet's features, not D(x).
+    """
+    sigma = _per_clip(sigma, x)
+    c_in = 1 / torch.sqrt(sigma.reshape(-1, 1, 1, 1, 1) ** 2 + 1)
+    c_noise = 0.25 * torch.log(sigma)
+    image_latent = cond.image_latent.unsqueeze(1).expand(-1, x.shape[1], -1, -1, -1)
+    return torch.cat([c_in * x, image_latent.to(x.dtype)], dim=2), c_noise
+
+
 def denoise(unet: torch.nn.Module, x: torch.Tensor, sigma: float | torch.Tensor, cond: Conditioning) -> torch.Tensor:
     """D(x; sigma): the EDM-preconditioned denoiser's estimate of the clean latent x0.
 
     `sigma` is a number or a (clips,) tensor; x is (clips, frames, 4, h, w) in model space.
     """
-    sigma = torch.as_tensor(sigma, dtype=torch.float32, device=x.device).reshape(-1)
-    sigma = sigma.expand(x.shape[0]) if sigma.numel() == 1 else sigma
+    sigma = _per_clip(sigma, x)
     s = sigma.reshape(-1, 1, 1, 1, 1)
     c_skip = 1 / (s**2 + 1)
     c_out = -s / torch.sqrt(s**2 + 1)
-    c_in = 1 / torch.sqrt(s**2 + 1)
-    c_noise = 0.25 * torch.log(sigma)
+    sample, c_noise = unet_input(x, sigma, cond)
 
     unet_dtype = next(unet.parameters()).dtype
-    image_latent = cond.image_latent.unsqueeze(1).expand(-1, x.shape[1], -1, -1, -1)
-    unet_input = torch.cat([c_in * x, image_latent.to(x.dtype)], dim=2).to(unet_dtype)
     model_output = unet(
-        unet_input,
+        sample.to(unet_dtype),
         c_noise,
         encoder_hidden_states=cond.image_embeds.to(unet_dtype),
         added_time_ids=cond.added_time_ids.to(unet_dtype),

@@ -20,23 +20,10 @@ import math
 import torch
 from torch import nn
 
-from ..sampling import Conditioning
+from ..sampling import Conditioning, unet_input
 
 HEAD_KINDS = ("both", "spatial", "temporal")
 EMBED_WIDTH = 64  # sinusoidal width for the noise level and the frame index
-
-
-def unet_input(x: torch.Tensor, sigma: torch.Tensor, cond: Conditioning) -> tuple[torch.Tensor, torch.Tensor]:
-    """The UNet's input and timestep for D(x; sigma): cat[c_in * x, z_img] and c_noise.
-
-    The same two lines as in `sampling.denoise` (a test checks the features match what the
-    UNet's own down blocks see there). The discriminator needs the UNet's INPUT, not D(x).
-    """
-    s = sigma.reshape(-1, 1, 1, 1, 1)
-    c_in = 1 / torch.sqrt(s**2 + 1)
-    c_noise = 0.25 * torch.log(sigma)
-    image_latent = cond.image_latent.unsqueeze(1).expand(-1, x.shape[1], -1, -1, -1)
-    return torch.cat([c_in * x, image_latent.to(x.dtype)], dim=2), c_noise
 
 
 class FrozenUNetEncoder(nn.Module):
