@@ -22,9 +22,7 @@ import dataclasses
 import inspect
 import json
 import math
-import os
 import re
-import tempfile
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import ExitStack, contextmanager
@@ -36,6 +34,7 @@ from safetensors.torch import save_file
 from . import convert, models
 from .convert import CLIP_ROOT, CONDITIONING_ENCODER_ROOT, FIRST_STAGE_ROOT, UNET_ROOT
 from .errors import CheckpointError
+from .files import atomic_path
 from .models import SVDModel
 
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin", ".pkl", ".pickle")
@@ -760,16 +759,8 @@ def load_sfv_unet(path, base: SVDModel, dtype: torch.dtype | None = None, device
 
 
 def _atomic_write(path: Path, write: Callable[[str], None]) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(handle)
-    try:
-        write(temporary)
-        os.chmod(temporary, 0o644)  # mkstemp makes it private; weights are ordinary files
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as temporary:
+        write(str(temporary))
     return path
 
 

@@ -7,14 +7,13 @@ so an interrupted run never leaves a half-written video, frame or latent behind.
 from __future__ import annotations
 
 import os
-import tempfile
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from .errors import InputError
+from .files import atomic_path
 
 VIDEO_SUFFIXES = (".webp", ".gif", ".mp4")
 
@@ -39,20 +38,6 @@ def load_image(path: str | os.PathLike) -> torch.Tensor:
     if pixels.ndim == 2:
         pixels = pixels[..., None]
     return torch.from_numpy(pixels.copy()).unsqueeze(0)
-
-
-@contextmanager
-def atomic_path(destination: Path):
-    """Yield a temporary path beside `destination`; rename it into place only on success."""
-    destination.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{destination.name}.", suffix=".part", dir=destination.parent)
-    os.close(handle)
-    try:
-        yield Path(temporary)
-        os.replace(temporary, destination)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
 
 
 def _to_uint8(frames: torch.Tensor) -> np.ndarray:

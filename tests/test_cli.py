@@ -78,3 +78,14 @@ def test_failed_write_leaves_no_file(tmp_path, monkeypatch):
     with pytest.raises(OSError, match="disk full"):
         video_io.save_clip(torch.rand(3, 16, 16, 3), tmp_path / "clip.webp", fps=7)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_outputs_get_ordinary_file_permissions(tmp_path):
+    import os
+
+    umask = os.umask(0o022)
+    try:
+        path = video_io.save_clip(torch.rand(2, 16, 16, 3), tmp_path / "clip.gif", fps=7)
+    finally:
+        os.umask(umask)
+    assert path.stat().st_mode & 0o777 == 0o644
