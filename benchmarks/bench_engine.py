@@ -210,7 +210,8 @@ def _decode_in_child(config: str, frames: int, height: int, width: int, chunk: i
     baseline = peak_rss_bytes()
     start = time.perf_counter()
     out = decoding.decode_latents(vae, latents, chunk_frames=chunk, overlap=overlap)
-    queue.put({"frames": out, "seconds": time.perf_counter() - start, "peak_rss": peak_rss_bytes(), "baseline_rss": baseline})
+    # numpy pickles by value; a torch tensor would cross as a shared-memory handle that dies with this process.
+    queue.put({"frames": out.numpy(), "seconds": time.perf_counter() - start, "peak_rss": peak_rss_bytes(), "baseline_rss": baseline})
 
 
 def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -223,6 +224,7 @@ def bench_decode(args) -> None:
     plans = [(int(c), 0) for c in args.chunks.split(",")] + [(int(c), args.overlap) for c in args.chunks.split(",") if args.overlap < int(c) < args.frames]
     for chunk, overlap in plans:
         result = _in_child(_decode_in_child, args.config, args.frames, args.height, args.width, chunk, overlap)
+        result["frames"] = torch.from_numpy(result["frames"])
         if whole is None:
             whole = result["frames"]
         emit(bench="decode", config=args.config, size=f"{args.width}x{args.height}", frames=args.frames, chunk=chunk, overlap=overlap,
