@@ -15,8 +15,10 @@ def atomic_path(destination: str | os.PathLike):
     destination.parent.mkdir(parents=True, exist_ok=True)
     temporary = destination.with_name(f".{destination.name}.{os.getpid()}.{secrets.token_hex(4)}.part")
     open(temporary, "xb").close()  # created with the user's umask, like any file they save
+    mode = os.stat(temporary).st_mode & 0o777
     try:
         yield temporary
+        os.chmod(temporary, mode)  # writers that replace the file themselves (safetensors) leave 0600
         os.replace(temporary, destination)
     except BaseException:
         temporary.unlink(missing_ok=True)
