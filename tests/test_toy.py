@@ -69,3 +69,38 @@ def test_experiment_smoke(tmp_path):
     assert all(np.isfinite(r["fvd_proxy"]) and r["seconds_per_clip"] > 0 for r in results["rows"])
     for name in ("results.json", "table.md", "quality_vs_time.png", "samples.png"):
         assert (tmp_path / name).is_file()
+
+    # --ship: the SF-V model as an fp16 single file the engine loads, and a held-out start frame.
+    from sfv_core.checkpoints import load_model
+    from sfv_core.toy.experiment import TOY_CONFIGS, ship
+
+    checkpoint, image = ship(results, tmp_path / "assets")
+    shipped = load_model(checkpoint)
+    assert shipped.unet.config.block_out_channels == TOY_CONFIGS.unet["block_out_channels"]
+    from safetensors import safe_open
+
+    with safe_open(str(checkpoint), "pt") as f:
+        assert {f.get_slice(k).get_dtype() for k in f.keys()} == {"F16"}
+    assert image.is_file()
+
+
+def test_latent_scale_calibration_is_exact():
+    """After calibration the posterior means have std 1 / scaling_factor (model-space std 1) and
+    the decoder gives the same images from the rescaled latents."""
+    from sfv_core.models import TINY, build_vae
+    from sfv_core.toy.experiment import calibrate_latent_scale, to_vae_input
+
+    torch.manual_seed(0)
+    vae = build_vae(TINY.vae).train(False)
+    frames = to_vae_input(data.to_float(data.generate_split("train", 2, num_frames=3, size=32)))
+    with torch.no_grad():
+        before = vae.encode(frames).latent_dist
+        decoded_before = vae.decode(before.mean, num_frames=3).sample
+        k = calibrate_latent_scale(vae, frames)
+        after = vae.encode(frames).latent_dist
+        decoded_after = vae.decode(after.mean, num_frames=3).sample
+    assert k != pytest.approx(1.0)
+    assert float(after.mean.std()) == pytest.approx(1 / vae.config.scaling_factor, rel=1e-4)
+    torch.testing.assert_close(after.mean, before.mean * k, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(after.std, before.std * k, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(decoded_after, decoded_before, atol=1e-4, rtol=1e-4)

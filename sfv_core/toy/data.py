@@ -25,19 +25,21 @@ def _colour(rng: np.random.Generator, lo: float = 0.0, hi: float = 1.0) -> np.nd
 
 
 def _background(rng: np.random.Generator, size: int) -> np.ndarray:
+    # Texture scales are fractions of the frame and no finer than a tiny VAE's 8-pixel latent
+    # grid can carry (stripes of a 6-16 px period at 64 px decoded to their average colour).
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
     a, b = _colour(rng, 0.1, 0.6), _colour(rng, 0.1, 0.6)
     kind = rng.integers(3)
     if kind == 0:  # stripes at a random angle and frequency
-        angle, period = rng.uniform(0, np.pi), rng.uniform(6, 16)
+        angle, period = rng.uniform(0, np.pi), rng.uniform(0.3, 0.6) * size
         t = 0.5 + 0.5 * np.sin(2 * np.pi * (xx * np.cos(angle) + yy * np.sin(angle)) / period)
     elif kind == 1:  # checkerboard
-        cell = int(rng.integers(4, 12))
+        cell = int(rng.integers(size // 8, size // 4 + 1))
         t = ((xx // cell + yy // cell) % 2).astype(np.float32)
     else:  # smooth blobs: a few random sinusoids
         t = np.zeros_like(xx)
         for _ in range(3):
-            fx, fy, ph = rng.uniform(-0.25, 0.25), rng.uniform(-0.25, 0.25), rng.uniform(0, 2 * np.pi)
+            fx, fy, ph = rng.uniform(-6, 6) / size, rng.uniform(-6, 6) / size, rng.uniform(0, 2 * np.pi)
             t += np.sin(fx * xx + fy * yy + ph)
         t = (t - t.min()) / (t.max() - t.min() + 1e-6)
     return a[None, None] * (1 - t[..., None]) + b[None, None] * t[..., None]
