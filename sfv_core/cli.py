@@ -8,7 +8,14 @@ from pathlib import Path
 
 from .errors import SFVError
 
-DEMO_IMAGE = Path(__file__).parent / "assets" / "start.png"
+ASSETS = Path(__file__).parent / "assets"
+DEMO_IMAGE = ASSETS / "start.png"
+# `generate` with no --checkpoint runs the bundled toy SF-V model (made by
+# `python -m sfv_core.toy.experiment`) on a held-out frame of its synthetic data, at the size
+# and length it was trained for. With a checkpoint, SVD's own defaults apply.
+TOY_CHECKPOINT = ASSETS / "sfv_toy.safetensors"
+TOY_DEFAULTS = dict(image=[str(ASSETS / "toy_start.png")], width=64, height=64, frames=8)
+SVD_DEFAULTS = dict(image=[str(DEMO_IMAGE)], width=1024, height=576, frames=14)
 
 
 def _add_generate(subparsers) -> None:
@@ -17,12 +24,12 @@ def _add_generate(subparsers) -> None:
     from .sampling import MAX_STEPS
 
     p = subparsers.add_parser("generate", help="image -> video in one UNet pass", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--checkpoint", required=True, help="SVD-family single file (.safetensors) or diffusers folder")
+    p.add_argument("--checkpoint", help="SVD-family single file (.safetensors) or diffusers folder (default: the bundled toy SF-V model)")
     p.add_argument("--sfv-unet", help="SF-V UNet file that replaces the checkpoint's UNet")
-    p.add_argument("--image", nargs="+", default=[str(DEMO_IMAGE)], help="start image(s); one clip per image")
-    p.add_argument("--frames", type=int, default=14)
-    p.add_argument("--width", type=int, default=1024, help="multiple of 8 (64 is safest)")
-    p.add_argument("--height", type=int, default=576, help="multiple of 8 (64 is safest)")
+    p.add_argument("--image", nargs="+", help="start image(s); one clip per image (default: a bundled image)")
+    p.add_argument("--frames", type=int, help="default 14 (the toy model: 8)")
+    p.add_argument("--width", type=int, help="multiple of 8 (64 is safest); default 1024 (the toy model: 64)")
+    p.add_argument("--height", type=int, help="multiple of 8 (64 is safest); default 576 (the toy model: 64)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--steps", type=int, default=1, help=f"UNet passes, 1 to {MAX_STEPS}, on SF-V's noise levels")
     p.add_argument("--fps", type=int, default=7, help="frame rate the model is told (and the output's)")
@@ -38,9 +45,21 @@ def _add_generate(subparsers) -> None:
     p.add_argument("--dtype", choices=DTYPE_CHOICES, default="auto")
     p.add_argument("--vae-dtype", choices=DTYPE_CHOICES, default="auto")
     p.add_argument("--attention", choices=ATTENTION_CHOICES, default="sdpa")
-    p.add_argument("--out", required=True, help=".webp, .gif, .mp4, or a folder for PNG frames")
+    p.add_argument("--out", default="outputs/clip.webp", help=".webp, .gif, .mp4, or a folder for PNG frames")
     p.add_argument("--save-latent", help="also write the sampled raw latent (frames x 4 x h x w) as safetensors")
     p.set_defaults(run=run_generate)
+
+
+def fill_defaults(args) -> None:
+    """Unset --checkpoint: the bundled toy model and its settings; otherwise SVD's defaults."""
+    defaults = SVD_DEFAULTS
+    if args.checkpoint is None:
+        args.checkpoint, defaults = str(TOY_CHECKPOINT), TOY_DEFAULTS
+        print(f"no --checkpoint: using the bundled TOY SF-V model ({TOY_CHECKPOINT.name}, trained on synthetic "
+              "bouncing shapes at 64x64, 8 frames). For real video pass --checkpoint svd.safetensors (see the README).", file=sys.stderr)
+    for name, value in defaults.items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
 
 
 def run_generate(args) -> None:
@@ -52,6 +71,7 @@ def run_generate(args) -> None:
     from .pipeline import SFVPipeline
     from .video_io import check_output_path, clip_paths, load_image, load_latent, save_clip, save_latent
 
+    fill_defaults(args)
     check_output_path(args.out)
     images = [to_rgb(load_image(path)) for path in args.image]
     if len({tuple(image.shape[1:3]) for image in images}) > 1:

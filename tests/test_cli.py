@@ -38,6 +38,26 @@ def test_generate_webp_mp4_png_and_latent(checkpoint, tmp_path):
     assert sorted(p.name for p in (tmp_path / "frames").iterdir()) == [f"frame_{i:05d}.png" for i in range(4)]
 
 
+def test_no_flags_runs_the_bundled_toy_model(tmp_path, monkeypatch, capsys):
+    """The README's main job: `python -m sfv_core generate` with nothing else."""
+    from sfv_core.cli import TOY_CHECKPOINT
+    from sfv_core.checkpoints import load_model
+
+    assert TOY_CHECKPOINT.stat().st_size < 10_000_000  # ships in the repo
+    monkeypatch.chdir(tmp_path)
+    assert main(["generate"]) == 0
+    assert "TOY" in capsys.readouterr().err
+    with Image.open(tmp_path / "outputs" / "clip.webp") as webp:
+        assert webp.n_frames == 8 and webp.size == (64, 64)
+        frames = [np.asarray(webp.seek(i) or webp.convert("L"), dtype=np.float32) for i in range(webp.n_frames)]
+    # A trained model, not noise: the first frame follows the start image (0.83 measured; a
+    # random model gives ~0) and the clip moves.
+    start = np.asarray(Image.open(TOY_CHECKPOINT.parent / "toy_start.png").convert("L"), dtype=np.float32)
+    assert np.corrcoef(frames[0].ravel(), start.ravel())[0, 1] > 0.6
+    assert np.abs(frames[-1] - frames[0]).mean() > 5
+    assert load_model(TOY_CHECKPOINT).unet.config.block_out_channels == (64, 32, 32, 32)
+
+
 def test_edit_an_existing_clip_and_several_start_images(checkpoint, tmp_path):
     assert generate(checkpoint, "--out", str(tmp_path / "a.webp"), "--save-latent", str(tmp_path / "a.latent")) == 0
     assert generate(checkpoint, "--out", str(tmp_path / "b.webp"), "--init-latent", str(tmp_path / "a.latent"), "--denoise", "0.5", "--steps", "2") == 0
@@ -86,6 +106,15 @@ def test_outputs_get_ordinary_file_permissions(tmp_path):
     umask = os.umask(0o022)
     try:
         path = video_io.save_clip(torch.rand(2, 16, 16, 3), tmp_path / "clip.gif", fps=7)
+        weights = save_file_atomically(tmp_path / "w.safetensors")
     finally:
         os.umask(umask)
     assert path.stat().st_mode & 0o777 == 0o644
+    assert weights.stat().st_mode & 0o777 == 0o644  # safetensors itself writes 0600 files
+
+
+def save_file_atomically(path):
+    from sfv_core.checkpoints import save_single_file
+    from sfv_core.models import TINY, build_random_model
+
+    return save_single_file(build_random_model(TINY), path)
