@@ -14,7 +14,8 @@ DEMO_IMAGE = ASSETS / "start.png"
 # `python -m sfv_core.toy.experiment`) on a held-out frame of its synthetic data, at the size
 # and length it was trained for. With a checkpoint, SVD's own defaults apply.
 TOY_CHECKPOINT = ASSETS / "sfv_toy.safetensors"
-TOY_DEFAULTS = dict(image=[str(ASSETS / "toy_start.png")], width=64, height=64, frames=8)
+TOY_START_IMAGE = ASSETS / "toy_start.png"
+TOY_DEFAULTS = dict(image=[str(TOY_START_IMAGE)], width=64, height=64, frames=8)
 SVD_DEFAULTS = dict(image=[str(DEMO_IMAGE)], width=1024, height=576, frames=14)
 
 

@@ -40,7 +40,7 @@ def test_generate_webp_mp4_png_and_latent(checkpoint, tmp_path):
 
 def test_no_flags_runs_the_bundled_toy_model(tmp_path, monkeypatch, capsys):
     """The README's main job: `python -m sfv_core generate` with nothing else."""
-    from sfv_core.cli import TOY_CHECKPOINT
+    from sfv_core.cli import TOY_CHECKPOINT, TOY_START_IMAGE
     from sfv_core.checkpoints import load_model
 
     assert TOY_CHECKPOINT.stat().st_size < 10_000_000  # ships in the repo
@@ -52,7 +52,7 @@ def test_no_flags_runs_the_bundled_toy_model(tmp_path, monkeypatch, capsys):
         frames = [np.asarray(webp.seek(i) or webp.convert("L"), dtype=np.float32) for i in range(webp.n_frames)]
     # A trained model, not noise: the first frame follows the start image (0.83 measured; a
     # random model gives ~0) and the clip moves.
-    start = np.asarray(Image.open(TOY_CHECKPOINT.parent / "toy_start.png").convert("L"), dtype=np.float32)
+    start = np.asarray(Image.open(TOY_START_IMAGE).convert("L"), dtype=np.float32)
     assert np.corrcoef(frames[0].ravel(), start.ravel())[0, 1] > 0.6
     assert np.abs(frames[-1] - frames[0]).mean() > 5
     assert load_model(TOY_CHECKPOINT).unet.config.block_out_channels == (64, 32, 32, 32)

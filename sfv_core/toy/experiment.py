@@ -427,17 +427,18 @@ DEMO_CLIP = 0  # the held-out clip whose first frame is the bundled start image
 
 
 def ship(results: dict, assets: Path) -> list[Path]:
-    """Bundle the run's SF-V model (both heads, fp16 single file) and a held-out start frame as
-    the CLI's built-in demo: `assets`/sfv_toy.safetensors and `assets`/toy_start.png."""
+    """Bundle the run's SF-V model (both heads, fp16 single file) and a held-out start frame
+    into `assets` under the names the CLI's built-in demo reads."""
     from PIL import Image
 
     from ..checkpoints import save_single_file
+    from ..cli import TOY_CHECKPOINT, TOY_START_IMAGE
 
     cfg = results["config"]
     model = load(Path(results["files"]["sfv_both"]))
-    checkpoint = save_single_file(model, assets / "sfv_toy.safetensors", dtype=torch.float16)
+    checkpoint = save_single_file(model, assets / TOY_CHECKPOINT.name, dtype=torch.float16)
     start = toy_data.generate_clip("heldout", DEMO_CLIP, cfg["num_frames"], cfg["size"])[0]
-    image = assets / "toy_start.png"
+    image = assets / TOY_START_IMAGE.name
     Image.fromarray(start).save(image)
     return [Path(checkpoint), image]
 
@@ -464,7 +465,9 @@ def main(argv=None) -> int:
     results = run(args.out, cfg)
     print(table(results))
     if args.ship:
-        for path in ship(results, Path(__file__).resolve().parents[1] / "assets"):
+        from ..cli import ASSETS
+
+        for path in ship(results, ASSETS):
             print(path)
     return 0
 
