@@ -88,6 +88,14 @@ def test_bad_input_is_one_clear_line(checkpoint, tmp_path, capsys, args, message
     assert not (tmp_path / "clip.webp").exists()
 
 
+def frame_count(path) -> int:
+    if path.suffix == ".mp4":
+        with av.open(str(path)) as container:
+            return sum(1 for _ in container.decode(video=0))
+    with Image.open(path) as animation:  # FFmpeg cannot decode animated WebP
+        return animation.n_frames
+
+
 def test_failed_write_leaves_no_file(tmp_path, monkeypatch):
     def broken_save(self, fp, *args, **kwargs):
         with open(fp, "wb") as handle:
@@ -96,8 +104,32 @@ def test_failed_write_leaves_no_file(tmp_path, monkeypatch):
 
     monkeypatch.setattr(Image.Image, "save", broken_save)
     with pytest.raises(OSError, match="disk full"):
-        video_io.save_clip(torch.rand(3, 16, 16, 3), tmp_path / "clip.webp", fps=7)
+        video_io.save_clip(torch.rand(3, 16, 16, 3), tmp_path / "clip.gif", fps=7)
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("suffix", [".webp", ".mp4", ".gif"])
+def test_streamed_video_appears_whole_or_not_at_all(tmp_path, suffix):
+    """Clips appended one by one make one video; a failure between clips leaves nothing behind."""
+    path = tmp_path / f"long{suffix}"
+    with video_io.open_video(path, fps=7) as video:
+        for _ in range(3):
+            video.append(torch.rand(4, 16, 16, 3))
+            assert [p.name for p in tmp_path.iterdir() if not p.name.startswith(".")] == []  # not under its name while written
+    assert frame_count(path) == 12
+    if suffix == ".webp":
+        with Image.open(path) as webp:
+            webp.seek(1)
+            webp.load()
+            assert webp.info["loop"] == 0 and abs(webp.info["duration"] - 1000 / 7) <= 1
+
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    with pytest.raises(RuntimeError, match="stopped"):
+        with video_io.open_video(broken / f"long{suffix}", fps=7) as video:
+            video.append(torch.rand(4, 16, 16, 3))
+            raise RuntimeError("stopped between clips")
+    assert list(broken.iterdir()) == []
 
 
 def test_outputs_get_ordinary_file_permissions(tmp_path):
