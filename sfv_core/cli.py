@@ -21,6 +21,7 @@ SVD_DEFAULTS = dict(image=[str(DEMO_IMAGE)], width=1024, height=576, frames=14)
 
 def _add_generate(subparsers) -> None:
     from .conditioning import RESIZE_MODES, VARIANTS
+    from .extend import CROSSFADES, DEFAULT_CROSSFADE, DEFAULT_OVERLAP, DEFAULT_OVERLAP_DENOISE
     from .runtime import ATTENTION_CHOICES, DTYPE_CHOICES
     from .sampling import MAX_STEPS
 
@@ -42,6 +43,10 @@ def _add_generate(subparsers) -> None:
     p.add_argument("--denoise", type=float, default=1.0, help="with --init-latent: 1 regenerates, 2/3 is SF-V level 70.6, 1/3 level 2.27")
     p.add_argument("--decode-chunk", type=int, default=0, help="frames decoded together (0: all); smaller uses less memory")
     p.add_argument("--decode-overlap", type=int, default=0, help="frames shared by consecutive decode chunks, cross-faded")
+    p.add_argument("--length", type=int, help="frames of a long video made by extending the first clip with clips of --frames frames (see --overlap)")
+    p.add_argument("--overlap", type=int, default=DEFAULT_OVERLAP, help="with --length: frames each clip shares with the one before")
+    p.add_argument("--overlap-denoise", type=float, default=DEFAULT_OVERLAP_DENOISE, help="with --length: level the shared frames are re-noised to (2/3: SF-V level 70.54, 1/3: 2.27, 1: last frame only)")
+    p.add_argument("--crossfade", choices=CROSSFADES, default=DEFAULT_CROSSFADE, help="with --length: blend the shared frames as decoded pixels or as latents")
     p.add_argument("--device", default="auto")
     p.add_argument("--dtype", choices=DTYPE_CHOICES, default="auto")
     p.add_argument("--vae-dtype", choices=DTYPE_CHOICES, default="auto")
@@ -73,7 +78,8 @@ def run_generate(args) -> None:
     from .video_io import check_output_path, clip_paths, load_image, load_latent, save_clip, save_latent
 
     fill_defaults(args)
-    check_output_path(args.out)
+    check_output_path(args.out, args.width, args.height)
+    long_video = extension_settings(args) if args.length is not None else None
     images = [to_rgb(load_image(path)) for path in args.image]
     if len({tuple(image.shape[1:3]) for image in images}) > 1:
         # Start images of different sizes cannot share a batch: fit each to the output size first.
@@ -81,6 +87,9 @@ def run_generate(args) -> None:
     images = torch.cat(images)
     pipe = SFVPipeline.from_files(args.checkpoint, args.sfv_unet, args.device, args.dtype, args.vae_dtype, args.attention)
     settings = dict(width=args.width, height=args.height, num_frames=args.frames, fps=args.fps, motion_bucket_id=args.motion_bucket, augmentation=args.aug, variant=args.preprocess, resize=args.resize)
+    if long_video is not None:
+        run_long(pipe, images, args, long_video, settings)
+        return
     cond, _ = pipe.condition(images, **settings)
     init = load_latent(args.init_latent, args.frames) if args.init_latent else None
     with tqdm(total=args.steps, desc="sample", unit="step", file=sys.stderr) as bar:
@@ -92,6 +101,40 @@ def run_generate(args) -> None:
         print(save_clip(clip, path, args.fps))
     if args.save_latent:
         print(save_latent(latents, args.save_latent))
+
+
+def extension_settings(args):
+    """--length's settings, checked before anything is loaded."""
+    from .errors import InputError
+    from .extend import ExtendSettings, clips_for_length
+
+    for flag, value in (("--init-latent", args.init_latent), ("--save-latent", args.save_latent)):
+        if value:
+            raise InputError(f"{flag} does not combine with --length (a long video is streamed clip by clip): leave out one of them.")
+    settings = ExtendSettings(clip_frames=args.frames, overlap=args.overlap, overlap_denoise=args.overlap_denoise, crossfade=args.crossfade, steps=args.steps)
+    clips_for_length(args.length, settings)
+    return settings
+
+
+def run_long(pipe, images, args, long_video, settings) -> None:
+    """--length: clip after clip, each decoded and appended to the output file(s) as it is made."""
+    from contextlib import ExitStack
+
+    from tqdm import tqdm
+
+    from .extend import clips_for_length, generate_long
+    from .video_io import clip_paths, open_video
+
+    condition = {key: value for key, value in settings.items() if key != "num_frames"}
+    decode = dict(chunk_frames=args.decode_chunk or None, overlap=args.decode_overlap)
+    paths = clip_paths(args.out, images.shape[0])
+    with ExitStack() as files, tqdm(total=clips_for_length(args.length, long_video), desc="clips", unit="clip", file=sys.stderr) as bar:
+        videos = [files.enter_context(open_video(path, args.fps)) for path in paths]
+        for frames in generate_long(pipe, images, args.length, args.seed, long_video, condition, decode, progress=lambda done, total: bar.update(1)):
+            for video, clip_frames in zip(videos, frames):
+                video.append(clip_frames)
+    for path in paths:
+        print(path)
 
 
 def _add_tiny_checkpoint(subparsers) -> None:
