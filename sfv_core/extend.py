@@ -99,6 +99,12 @@ def clips_for_length(length: int, settings: ExtendSettings) -> int:
     return 1 + (length - settings.clip_frames) // step
 
 
+def check_clip_length(frame_count: int, settings: ExtendSettings) -> None:
+    """A clip to extend holds at least the frames the next clip carries over (and one frame)."""
+    if frame_count < max(settings.overlap, 1):
+        raise InputError(f"the clip has {frame_count} frames, fewer than the overlap {settings.overlap}: use an overlap of at most {frame_count}.")
+
+
 @dataclass
 class Tail:
     """What clip k hands to clip k+1.
@@ -213,8 +219,7 @@ def extend_clip(pipe, frames: torch.Tensor, latents: torch.Tensor | None, new_fr
     `new_frames` longer and the latents of its last frames: the given ones (or, without them,
     from the first overlap on), up to the end."""
     clips = clips_for_new_frames(new_frames, settings)
-    if frames.shape[1] < max(settings.overlap, 1):
-        raise InputError(f"the clip has {frames.shape[1]} frames, fewer than the overlap {settings.overlap}: use an overlap of at most {frames.shape[1]}.")
+    check_clip_length(frames.shape[1], settings)
     tail = tail_of(pipe.model, frames, latents, settings.overlap)
     keep = frames.shape[1] - settings.overlap
     pieces = [frames[:, :keep]]

@@ -27,7 +27,7 @@ from sfv_core.sampling import MAX_STEPS
 
 ROOT = Path(__file__).resolve().parents[1]
 PACK_NAME = "comfyui_sfv_pack"
-NODE_TYPES = ("SFVLoader", "SFVImageConditioner", "SFVOneStepSampler", "SFVTemporalVAEDecode", "SFVVAEEncode")
+NODE_TYPES = ("SFVLoader", "SFVImageConditioner", "SFVOneStepSampler", "SFVTemporalVAEDecode", "SFVVAEEncode", "SFVExtendClip")
 CONTROL_AFTER_GENERATE = ("fixed", "increment", "decrement", "randomize")
 
 # Small but real: 3 frames of 64x64 (latents 8x8, divisible by the UNet's 3 downsamplings).
