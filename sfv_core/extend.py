@@ -138,7 +138,9 @@ def tail_of(model, frames: torch.Tensor, latents: torch.Tensor | None, overlap: 
     frames if they are known (else the overlap frames are encoded)."""
     carried = frames[:, frames.shape[1] - overlap :]
     if latents is None:
-        latents = encode_frames(model, carried)
+        clips, _, height, width = frames.shape[:4]
+        empty = frames.new_zeros((clips, 0, model.vae.config.latent_channels, height // 8, width // 8))
+        latents = encode_frames(model, carried) if overlap else empty
     return Tail(latents[:, latents.shape[1] - overlap :].float(), carried, frames[:, -1])
 
 

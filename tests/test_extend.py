@@ -150,6 +150,8 @@ def test_node_chains_and_equals_sfv_core(sfv_model):
     # Without the LATENT the overlap is encoded from the frames: a clip all the same.
     pixels_only, pixel_latent = run_node("SFVExtendClip", sfv_model=sfv_model, clip=frames, **extend_inputs())
     assert pixels_only.shape == once.shape and pixel_latent["samples"].shape == (5, *LATENT)
+    no_overlap, _ = run_node("SFVExtendClip", sfv_model=sfv_model, clip=frames, **extend_inputs(overlap=0, new_frames=3))
+    assert no_overlap.shape == (6, HEIGHT, WIDTH, 3) and torch.equal(no_overlap[:3], frames)
 
 
 def test_node_refuses_bad_settings_at_validation():
