@@ -32,13 +32,15 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 CLIP_FRAMES, SIZE, CLIPS = 8, 64, 8
-METHODS = {  # name: (overlap, overlap_denoise, crossfade)
+METHODS = {  # name: (overlap, overlap_denoise, crossfade[, condition frame])
     "last frame only": (1, 1.0, "pixel"),
     "overlap 2, re-noise 70.54, pixel cross-fade": (2, 2 / 3, "pixel"),
     "overlap 2, re-noise 70.54, latent cross-fade": (2, 2 / 3, "latent"),
     "overlap 2, re-noise 2.27, pixel cross-fade": (2, 1 / 3, "pixel"),
     "overlap 2, re-noise 2.27, latent cross-fade": (2, 1 / 3, "latent"),
     "overlap 4, re-noise 70.54, pixel cross-fade": (4, 2 / 3, "pixel"),
+    "overlap 2, re-noise 70.54, pixel cross-fade, first shared frame": (2, 2 / 3, "pixel", "first_shared"),
+    "overlap 4, re-noise 70.54, pixel cross-fade, first shared frame": (4, 2 / 3, "pixel", "first_shared"),
 }
 
 
@@ -97,8 +99,8 @@ def drift(videos: torch.Tensor, overlap: int, features) -> dict:
 def run_method(pipe, images, name, seed) -> torch.Tensor:
     from sfv_core.extend import ExtendSettings, generate_long
 
-    overlap, level, crossfade = METHODS[name]
-    settings = ExtendSettings(clip_frames=CLIP_FRAMES, overlap=overlap, overlap_denoise=level, crossfade=crossfade)
+    overlap, level, crossfade, *condition_frame = METHODS[name]
+    settings = ExtendSettings(clip_frames=CLIP_FRAMES, overlap=overlap, overlap_denoise=level, crossfade=crossfade, condition_frame=(condition_frame or ["last"])[0])
     condition = dict(width=SIZE, height=SIZE, fps=7, motion_bucket_id=127, augmentation=0.02)
     return torch.cat(list(generate_long(pipe, images, length_for(overlap), seed, settings, condition)), dim=1)
 

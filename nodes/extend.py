@@ -15,8 +15,8 @@ from .sampler import SEED_MAX
 MAX_FRAMES = 4096
 
 
-def settings_of(clip_frames, overlap, overlap_denoise, crossfade, steps) -> extend.ExtendSettings:
-    return extend.ExtendSettings(clip_frames=clip_frames, overlap=overlap, overlap_denoise=overlap_denoise, crossfade=crossfade, steps=steps)
+def settings_of(clip_frames, overlap, overlap_denoise, crossfade, steps, condition_frame) -> extend.ExtendSettings:
+    return extend.ExtendSettings(clip_frames=clip_frames, overlap=overlap, overlap_denoise=overlap_denoise, crossfade=crossfade, steps=steps, condition_frame=condition_frame)
 
 
 def carried_latents(latent, frames, latent_channels: int):
@@ -68,6 +68,7 @@ class SFVExtendClip:
                 "overlap_denoise": ("FLOAT", {"default": round(defaults.overlap_denoise, 3), "min": 0.001, "max": 1.0, "step": 0.001, "tooltip": "How much the carried frames are re-noised: 0.667 is SF-V's level 70.54 (measured best), 0.333 is 2.27 (keeps them nearly as they are), 1.0 carries only the last frame."}),
                 "crossfade": (list(extend.CROSSFADES), {"default": defaults.crossfade, "tooltip": "Blend the overlap as decoded frames (pixel) or as latents before decoding (latent)."}),
                 "steps": ("INT", {"default": 1, "min": 1, "max": MAX_STEPS, "tooltip": "UNet passes per clip, on SF-V's levels below the overlap's."}),
+                "condition_frame": (list(extend.CONDITION_FRAMES), {"default": defaults.condition_frame, "tooltip": "The frame each new clip is conditioned on: the clip's last frame, or the first frame it shares with the new clip (the one the new clip's first frame is carried from)."}),
             },
             "optional": {
                 "latent": ("LATENT", {"tooltip": "The clip's LATENT (from the sampler or the previous SFV Extend Clip): the overlap is carried from it exactly. Empty: the clip's last frames are encoded."}),
@@ -75,8 +76,8 @@ class SFVExtendClip:
         }
 
     @classmethod
-    def VALIDATE_INPUTS(cls, new_frames=None, clip_frames=None, overlap=None, overlap_denoise=None, crossfade=None, steps=None):
-        values = (new_frames, clip_frames, overlap, overlap_denoise, crossfade, steps)
+    def VALIDATE_INPUTS(cls, new_frames=None, clip_frames=None, overlap=None, overlap_denoise=None, crossfade=None, steps=None, condition_frame=None):
+        values = (new_frames, clip_frames, overlap, overlap_denoise, crossfade, steps, condition_frame)
         if any(value is None for value in values):  # a linked input: checked when the node runs
             return True
         try:
@@ -85,9 +86,9 @@ class SFVExtendClip:
             return str(error)
         return True
 
-    def extend(self, sfv_model, clip, new_frames, clip_frames, overlap, seed, motion_bucket_id, fps, augmentation, overlap_denoise, crossfade, steps, latent=None):
+    def extend(self, sfv_model, clip, new_frames, clip_frames, overlap, seed, motion_bucket_id, fps, augmentation, overlap_denoise, crossfade, steps, condition_frame, latent=None):
         with user_errors():
-            settings = settings_of(clip_frames, overlap, overlap_denoise, crossfade, steps)
+            settings = settings_of(clip_frames, overlap, overlap_denoise, crossfade, steps, condition_frame)
             clips = extend.clips_for_new_frames(new_frames, settings)
             frames = to_rgb(clip).unsqueeze(0)
             height, width = frames.shape[2:4]

@@ -21,7 +21,7 @@ SVD_DEFAULTS = dict(image=[str(DEMO_IMAGE)], width=1024, height=576, frames=14)
 
 def _add_generate(subparsers) -> None:
     from .conditioning import RESIZE_MODES, VARIANTS
-    from .extend import CROSSFADES, DEFAULT_CROSSFADE, DEFAULT_OVERLAP, DEFAULT_OVERLAP_DENOISE
+    from .extend import CONDITION_FRAMES, CROSSFADES, DEFAULT_CONDITION_FRAME, DEFAULT_CROSSFADE, DEFAULT_OVERLAP, DEFAULT_OVERLAP_DENOISE
     from .runtime import ATTENTION_CHOICES, DTYPE_CHOICES
     from .sampling import MAX_STEPS
 
@@ -47,6 +47,7 @@ def _add_generate(subparsers) -> None:
     p.add_argument("--overlap", type=int, default=DEFAULT_OVERLAP, help="with --length: frames each clip shares with the one before")
     p.add_argument("--overlap-denoise", type=float, default=DEFAULT_OVERLAP_DENOISE, help="with --length: level the shared frames are re-noised to (2/3: SF-V level 70.54, 1/3: 2.27, 1: last frame only)")
     p.add_argument("--crossfade", choices=CROSSFADES, default=DEFAULT_CROSSFADE, help="with --length: blend the shared frames as decoded pixels or as latents")
+    p.add_argument("--condition-frame", choices=CONDITION_FRAMES, default=DEFAULT_CONDITION_FRAME, help="with --length: the frame of each clip that conditions the next")
     p.add_argument("--device", default="auto")
     p.add_argument("--dtype", choices=DTYPE_CHOICES, default="auto")
     p.add_argument("--vae-dtype", choices=DTYPE_CHOICES, default="auto")
@@ -111,7 +112,8 @@ def extension_settings(args):
     for flag, value in (("--init-latent", args.init_latent), ("--save-latent", args.save_latent)):
         if value:
             raise InputError(f"{flag} does not combine with --length (a long video is streamed clip by clip): leave out one of them.")
-    settings = ExtendSettings(clip_frames=args.frames, overlap=args.overlap, overlap_denoise=args.overlap_denoise, crossfade=args.crossfade, steps=args.steps)
+    settings = ExtendSettings(clip_frames=args.frames, overlap=args.overlap, overlap_denoise=args.overlap_denoise, crossfade=args.crossfade, steps=args.steps,
+                              condition_frame=args.condition_frame)
     clips_for_length(args.length, settings)
     return settings
 

@@ -24,11 +24,15 @@ from .conditioning import encode_image_latent
 from .errors import InputError
 
 CROSSFADES = ("pixel", "latent")
+# The image condition of clip k+1: clip k's last frame, or the first frame the two clips share
+# (what the new clip's first frame is carried from; SVD makes a clip's first frame its condition).
+CONDITION_FRAMES = ("last", "first_shared")
 # Chosen from the miniature's measurements (benchmarks/bench_extend.py, README "Long clips"):
 # 2/3 re-noises the carried frames to SF-V's training level 70.54.
 DEFAULT_OVERLAP_DENOISE = 2 / 3
 DEFAULT_CROSSFADE = "pixel"
 DEFAULT_OVERLAP = 2
+DEFAULT_CONDITION_FRAME = "last"
 
 
 @dataclass(frozen=True)
@@ -41,6 +45,7 @@ class ExtendSettings:
         (1/3: 2.27, 2/3: 70.54, 1: from noise, i.e. the last frame is all that is carried).
     crossfade: where the overlap is blended, "pixel" (decoded frames) or "latent".
     steps: UNet passes per clip, on SF-V's levels below the start level.
+    condition_frame: which frame of clip k conditions clip k+1 (CONDITION_FRAMES).
     """
 
     clip_frames: int = 14
@@ -48,6 +53,7 @@ class ExtendSettings:
     overlap_denoise: float = DEFAULT_OVERLAP_DENOISE
     crossfade: str = DEFAULT_CROSSFADE
     steps: int = 1
+    condition_frame: str = DEFAULT_CONDITION_FRAME
 
     @property
     def new_frames_per_clip(self) -> int:
@@ -64,6 +70,8 @@ def check_settings(settings: ExtendSettings) -> None:
         )
     if settings.crossfade not in CROSSFADES:
         raise InputError(f"crossfade must be one of {CROSSFADES}, got {settings.crossfade!r}.")
+    if settings.condition_frame not in CONDITION_FRAMES:
+        raise InputError(f"condition frame must be one of {CONDITION_FRAMES}, got {settings.condition_frame!r}.")
     sampling.sampling_levels(settings.steps, sampling.sigma_for_denoise(settings.overlap_denoise))
 
 
@@ -111,7 +119,7 @@ class Tail:
 
     latents: (clips, overlap, 4, h, w) raw latents of its last frames, carried into the next clip.
     frames: (clips, overlap, H, W, 3) its last decoded frames, held back until they are cross-faded.
-    last_frame: (clips, H, W, 3), the next clip's image condition.
+    last_frame: (clips, H, W, 3), its last frame.
     """
 
     latents: torch.Tensor
@@ -174,8 +182,10 @@ def next_clip(pipe, tail: Tail, seed: int, settings: ExtendSettings, condition_s
 
     The final frames start with the cross-faded overlap and end where the new tail begins.
     """
-    height, width = tail.last_frame.shape[1:3]
-    cond, _ = pipe.condition(tail.last_frame, **dict(condition_settings, width=width, height=height, num_frames=settings.clip_frames))
+    shared = settings.condition_frame == "first_shared" and settings.overlap
+    image = tail.frames[:, 0] if shared else tail.last_frame
+    height, width = image.shape[1:3]
+    cond, _ = pipe.condition(image, **dict(condition_settings, width=width, height=height, num_frames=settings.clip_frames))
     init = initial_latents(tail, settings, cond.latent_shape, seed)
     latents = pipe.sample(cond, seed, settings.steps, init, settings.overlap_denoise)
     overlap = settings.overlap

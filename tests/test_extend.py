@@ -130,7 +130,7 @@ def test_bad_length_is_refused_before_loading(tmp_path, capsys, monkeypatch, ext
 
 
 def extend_inputs(**overrides):
-    return dict(dict(new_frames=4, clip_frames=3, overlap=1, seed=0, motion_bucket_id=127, fps=7, augmentation=0.02, overlap_denoise=0.667, crossfade="pixel", steps=1), **overrides)
+    return dict(dict(new_frames=4, clip_frames=3, overlap=1, seed=0, motion_bucket_id=127, fps=7, augmentation=0.02, overlap_denoise=0.667, crossfade="pixel", steps=1, condition_frame="last"), **overrides)
 
 
 def test_node_chains_and_equals_sfv_core(sfv_model):
@@ -156,11 +156,11 @@ def test_node_chains_and_equals_sfv_core(sfv_model):
 
 def test_node_refuses_bad_settings_at_validation():
     cls = PACK.NODE_CLASS_MAPPINGS["SFVExtendClip"]
-    check = lambda **values: cls.VALIDATE_INPUTS(**{key: value for key, value in extend_inputs(**values).items() if key in ("new_frames", "clip_frames", "overlap", "overlap_denoise", "crossfade", "steps")})
+    check = lambda **values: cls.VALIDATE_INPUTS(**{key: value for key, value in extend_inputs(**values).items() if key in ("new_frames", "clip_frames", "overlap", "overlap_denoise", "crossfade", "steps", "condition_frame")})
     assert check() is True
     assert check(overlap=3).startswith("overlap 3 must be between 0 and the clip's frames - 1 (2)")
     assert "5 new frames cannot be made" in check(new_frames=5) and "Use 4 (2 clips) or 6 (3 clips)" in check(new_frames=5)
-    assert cls.VALIDATE_INPUTS(new_frames=5, clip_frames=None, overlap=1, overlap_denoise=0.5, crossfade="pixel", steps=1) is True  # linked
+    assert cls.VALIDATE_INPUTS(new_frames=5, clip_frames=None, overlap=1, overlap_denoise=0.5, crossfade="pixel", steps=1, condition_frame="last") is True  # linked
     # ComfyUI leaves the inputs VALIDATE_INPUTS takes to it: its message, not the bare minimum, is shown.
     with pytest.raises(ValueError, match="prompt validation: new frames must be at least 1, got 0: each clip adds 2"):
         run_node("SFVExtendClip", sfv_model=None, clip=torch.rand(3, HEIGHT, WIDTH, 3), **extend_inputs(new_frames=0))
@@ -176,3 +176,14 @@ def test_node_refuses_a_latent_of_another_size_before_any_work(sfv_model, monkey
         run_node("SFVExtendClip", sfv_model=sfv_model, clip=torch.rand(3, HEIGHT, 60, 3), **extend_inputs())
     with pytest.raises(ValueError, match="the clip has 1 frames, fewer than the overlap 2"):
         run_node("SFVExtendClip", sfv_model=sfv_model, clip=clip[:1], **extend_inputs(overlap=2, new_frames=1))
+
+
+@pytest.mark.parametrize("condition_frame, index", [("last", -1), ("first_shared", 2)])
+def test_the_condition_frame(pipe, monkeypatch, condition_frame, index):
+    frames = torch.rand(1, 4, HEIGHT, WIDTH, 3, generator=torch.Generator().manual_seed(1))
+    _, _, tail = extend.split_clip(torch.zeros(1, 4, *LATENT), frames, 2)
+    seen = []
+    real_condition = pipe.condition
+    monkeypatch.setattr(pipe, "condition", lambda images, **kw: seen.append(images) or real_condition(images, **kw))
+    extend.next_clip(pipe, tail, 0, extend.ExtendSettings(clip_frames=4, overlap=2, condition_frame=condition_frame), CONDITION, {})
+    assert torch.equal(seen[0], frames[:, index])
