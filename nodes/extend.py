@@ -64,7 +64,7 @@ class SFVExtendClip:
                 "seed": ("INT", {"default": 0, "min": 0, "max": SEED_MAX, "control_after_generate": True, "tooltip": "Seed of the first new clip; the next ones use seed + 1, seed + 2 ..."}),
                 "motion_bucket_id": ("INT", {"default": 127, "min": 0, "max": 1023, "tooltip": "How much motion: higher moves more. Trained around 127."}),
                 "fps": ("INT", {"default": 7, "min": 1, "max": 1024, "tooltip": "Frame rate the model is told; the same as the conditioner's."}),
-                "augmentation": ("FLOAT", {"default": 0.02, "min": 0.0, "max": 10.0, "step": 0.01, "tooltip": "Noise added to each clip's conditioning frame (its last frame) before encoding, as in the conditioner."}),
+                "augmentation": ("FLOAT", {"default": 0.02, "min": 0.0, "max": 10.0, "step": 0.01, "tooltip": "Noise added to each new clip's condition frame before it is encoded, as in the conditioner."}),
                 "overlap_denoise": ("FLOAT", {"default": round(defaults.overlap_denoise, 3), "min": 0.001, "max": 1.0, "step": 0.001, "tooltip": "How much the carried frames are re-noised: 0.667 is SF-V's level 70.54 (measured best), 0.333 is 2.27 (keeps them nearly as they are), 1.0 carries only the last frame."}),
                 "crossfade": (list(extend.CROSSFADES), {"default": defaults.crossfade, "tooltip": "Blend the overlap as decoded frames (pixel) or as latents before decoding (latent)."}),
                 "steps": ("INT", {"default": 1, "min": 1, "max": MAX_STEPS, "tooltip": "UNet passes per clip, on SF-V's levels below the overlap's."}),
