@@ -53,7 +53,7 @@ def test_carried_frames_start_the_next_clip(pipe):
         a = extend.next_clip(pipe, tail, 0, settings, CONDITION, {})[1]
         b = extend.next_clip(pipe, other, 0, settings, CONDITION, {})[1]
         change[level] = float((a - b).abs().mean())
-    assert change[1 / 3] > 20 * change[1.0]
+    assert change[1 / 3] > 10 * change[1.0]
 
 
 def test_cross_fades(pipe):
@@ -119,7 +119,7 @@ def test_generate_length_streams_a_long_video(checkpoint, tmp_path, capsys):
 def test_bad_length_is_refused_before_loading(tmp_path, capsys, monkeypatch, extra, message):
     monkeypatch.chdir(tmp_path)
     # No such checkpoint: the error must come from the settings, before anything is loaded.
-    args = ["generate", "--checkpoint", str(tmp_path / "absent.safetensors"), "--width", "64", "--height", "64", "--frames", "4", "--out", "long.webp", *extra]
+    args = ["generate", "--checkpoint", str(tmp_path / "absent.safetensors"), "--width", "64", "--height", "64", "--frames", "4", "--overlap", "2", "--out", "long.webp", *extra]
     assert main(args) == 2
     err = capsys.readouterr().err
     assert re.search(message, err) and "Traceback" not in err
