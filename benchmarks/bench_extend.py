@@ -2,6 +2,7 @@
 
   python benchmarks/bench_extend.py quality --out outputs/bench_extend   # methods, seams, drift (+ seam strip)
   python benchmarks/bench_extend.py memory                               # peak RSS, 28 vs 224 frames
+  python benchmarks/bench_extend.py decoder-edges                        # mean colour per frame position
 
 quality: the held-out start frames of the miniature's data, each extended to 8 chained clips by
 every method, all through `sfv_core.extend`. For each method:
@@ -206,6 +207,27 @@ def table(results: dict) -> str:
     return "\n".join(lines)
 
 
+# ---- the toy decoder's clip edges -------------------------------------------------------------
+
+
+def decoder_edges(args) -> dict:
+    """Mean colour per frame position of decoded clips: the VAE's reconstructions of real
+    held-out clips, and one-step clips of their first frames, against the real frames."""
+    from sfv_core.cli import TOY_CHECKPOINT
+    from sfv_core.extend import encode_frames
+    from sfv_core.pipeline import SFVPipeline
+    from sfv_core.toy import data as toy_data
+
+    torch.set_num_threads(args.threads)
+    pipe = SFVPipeline.from_files(str(TOY_CHECKPOINT), device="cpu")
+    real = toy_data.to_float(toy_data.generate_split("heldout", args.videos, CLIP_FRAMES, SIZE))
+    generated = pipe.generate(real[:, 0], seed=0, width=SIZE, height=SIZE, num_frames=CLIP_FRAMES, fps=7, motion_bucket_id=127, augmentation=0.02).frames
+    per_frame = lambda clips: [round(float(v), 4) for v in clips.mean(dim=(0, 2, 3, 4))]
+    results = {"real": per_frame(real), "reconstructed": per_frame(pipe.decode(encode_frames(pipe.model, real))), "generated": per_frame(generated)}
+    print(json.dumps(results, indent=1))
+    return results
+
+
 # ---- memory ----------------------------------------------------------------------------------
 
 
@@ -262,6 +284,9 @@ def main(argv=None) -> int:
     q.add_argument("--methods", nargs="*", choices=list(METHODS), help="default: all")
     q.add_argument("--strip", help="also write the seam strip image here (e.g. docs/extend_seam.png)")
     q.add_argument("--out", default="outputs/bench_extend")
+    e = sub.add_parser("decoder-edges")
+    e.add_argument("--videos", type=int, default=16)
+    e.add_argument("--threads", type=int, default=1)
     m = sub.add_parser("memory")
     m.add_argument("--lengths", type=int, nargs="+", default=[28, 224])
     m.add_argument("--overlap", type=int, default=4, help="4: clips of 8 add 4 frames, so 28 and 224 are both reachable")
@@ -271,7 +296,7 @@ def main(argv=None) -> int:
     m.add_argument("--threads", type=int, default=2)
     m.add_argument("--out", default="outputs/bench_extend")
     args = parser.parse_args(argv)
-    (quality if args.command == "quality" else memory)(args)
+    {"quality": quality, "decoder-edges": decoder_edges, "memory": memory}[args.command](args)
     return 0
 
 
