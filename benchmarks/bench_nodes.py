@@ -31,7 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from sfv_core.checkpoints import save_single_file  # noqa: E402
-from sfv_core.cli import DEMO_IMAGE  # noqa: E402
+from sfv_core.assets import DEMO_IMAGE  # noqa: E402
 from sfv_core.models import FULL, TINY, build_random_model  # noqa: E402
 from sfv_core.pipeline import SFVPipeline  # noqa: E402
 from sfv_core.video_io import load_image  # noqa: E402

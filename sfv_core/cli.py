@@ -4,17 +4,13 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
+from .assets import DEMO_IMAGE, TOY_CHECKPOINT, TOY_START_IMAGE
 from .errors import SFVError
 
-ASSETS = Path(__file__).parent / "assets"
-DEMO_IMAGE = ASSETS / "start.png"
 # `generate` with no --checkpoint runs the bundled toy SF-V model (made by
 # `python -m sfv_core.toy.experiment`) on a held-out frame of its synthetic data, at the size
 # and length it was trained for. With a checkpoint, SVD's own defaults apply.
-TOY_CHECKPOINT = ASSETS / "sfv_toy.safetensors"
-TOY_START_IMAGE = ASSETS / "toy_start.png"
 TOY_DEFAULTS = dict(image=[str(TOY_START_IMAGE)], width=64, height=64, frames=8)
 SVD_DEFAULTS = dict(image=[str(DEMO_IMAGE)], width=1024, height=576, frames=14)
 

@@ -40,7 +40,7 @@ def test_generate_webp_mp4_png_and_latent(checkpoint, tmp_path):
 
 def test_no_flags_runs_the_bundled_toy_model(tmp_path, monkeypatch, capsys):
     """The README's main job: `python -m sfv_core generate` with nothing else."""
-    from sfv_core.cli import TOY_CHECKPOINT, TOY_START_IMAGE
+    from sfv_core.assets import TOY_CHECKPOINT, TOY_START_IMAGE
     from sfv_core.checkpoints import load_model
 
     assert TOY_CHECKPOINT.stat().st_size < 10_000_000  # ships in the repo

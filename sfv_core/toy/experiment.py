@@ -432,7 +432,7 @@ def ship(results: dict, assets: Path) -> list[Path]:
     from PIL import Image
 
     from ..checkpoints import save_single_file
-    from ..cli import TOY_CHECKPOINT, TOY_START_IMAGE
+    from ..assets import TOY_CHECKPOINT, TOY_START_IMAGE
 
     cfg = results["config"]
     model = load(Path(results["files"]["sfv_both"]))
@@ -465,9 +465,9 @@ def main(argv=None) -> int:
     results = run(args.out, cfg)
     print(table(results))
     if args.ship:
-        from ..cli import ASSETS
+        from .. import assets
 
-        for path in ship(results, ASSETS):
+        for path in ship(results, assets.FOLDER):
             print(path)
     return 0
 
