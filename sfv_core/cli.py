@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from .assets import DEMO_IMAGE, TOY_CHECKPOINT, TOY_START_IMAGE
 from .errors import SFVError
@@ -104,8 +105,14 @@ def run_tiny_checkpoint(args) -> None:
     print(save_single_file(build_random_model(TINY, seed=args.seed), args.out))
 
 
+def _program_name() -> str:
+    """`sfv` / `sfv-core` when run as the installed command, else the module form."""
+    name = Path(sys.argv[0]).name
+    return name if name in ("sfv", "sfv-core") else "python -m sfv_core"
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m sfv_core", description="SF-V: one-step image-to-video on SVD-family weights.")
+    parser = argparse.ArgumentParser(prog=_program_name(), description="SF-V: one-step image-to-video on SVD-family weights.")
     subparsers = parser.add_subparsers(dest="command", required=True)
     _add_generate(subparsers)
     _add_tiny_checkpoint(subparsers)
