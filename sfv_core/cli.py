@@ -36,7 +36,7 @@ def _add_generate(subparsers) -> None:
     p.add_argument("--resize", choices=RESIZE_MODES, default="crop", help="how the image is fitted to width x height")
     p.add_argument("--preprocess", choices=VARIANTS, default="reference", help="reference (SVD/diffusers) or ComfyUI's native SVD node")
     p.add_argument("--init-latent", help="edit an existing clip: a latent file (from --save-latent or ComfyUI's SaveLatent)")
-    p.add_argument("--denoise", type=float, default=1.0, help="with --init-latent: 1 regenerates, 2/3 is SF-V level 70.6, 1/3 level 2.27")
+    p.add_argument("--denoise", type=float, default=1.0, help="with --init-latent: 1 regenerates, 2/3 is SF-V level 70.54, 1/3 level 2.27")
     p.add_argument("--decode-chunk", type=int, default=0, help="frames decoded together (0: all); smaller uses less memory")
     p.add_argument("--decode-overlap", type=int, default=0, help="frames shared by consecutive decode chunks, cross-faded")
     p.add_argument("--device", default="auto")
