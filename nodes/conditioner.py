@@ -5,6 +5,7 @@ from __future__ import annotations
 from ..sfv_core.conditioning import RESIZE_MODES, VARIANTS, check_video_size
 from ..sfv_core.decoding import decode_bytes_per_frame
 from ..sfv_core.errors import SFVError
+from ..sfv_core.models import check_unet_can_run
 from . import comfy_runtime
 from .model import user_errors
 
@@ -55,6 +56,7 @@ class SFVImageConditioner:
         with user_errors():
             check_video_size(width, height, frames)
             clips = image.shape[0] if image.ndim == 4 else 1
+            check_unet_can_run(sfv_model.model.unet.config, width, height, frames, clips)
             # The VAE encoder's working memory stays below the temporal decoder's per frame.
             memory = decode_bytes_per_frame(sfv_model.model.vae, height, width) * clips
             pipeline = sfv_model.use("image_encoder", "vae", memory_required=memory)

@@ -278,6 +278,21 @@ def test_size_not_multiple_of_8_is_refused_at_validation(sfv_model):
     plain_error(excinfo)
 
 
+def test_a_size_the_model_cannot_run_is_refused_before_conditioning(models_root):
+    """The bundled toy UNet (32 channels, one per GroupNorm group, at a 1x1 deepest map) cannot
+    make one frame at 64x64: the conditioner says so and how to fix it, before any encoding."""
+    import shutil
+
+    from sfv_core.assets import TOY_CHECKPOINT
+
+    shutil.copy(TOY_CHECKPOINT, models_root / "checkpoints" / "toy.safetensors")
+    (toy,) = run_node("SFVLoader", checkpoint="toy.safetensors", sfv_unet="none", dtype="auto", attention="sdpa")
+    with pytest.raises(ValueError, match="cannot make a single frame at 64x64.*Use 2 or more frames, or width 72") as excinfo:
+        run_node("SFVImageConditioner", sfv_model=toy, image=start_images(1), **dict(SETTINGS, width=64, height=64, frames=1))
+    plain_error(excinfo)
+    run_node("SFVImageConditioner", sfv_model=toy, image=start_images(1), **dict(SETTINGS, width=64, height=64, frames=2))
+
+
 def test_zero_frames(sfv_model):
     with pytest.raises(ValueError, match="frames must be at least 1, got 0") as excinfo:
         PACK.NODE_CLASS_MAPPINGS["SFVImageConditioner"]().condition(sfv_model=sfv_model, image=start_images(1), **dict(SETTINGS, frames=0))
