@@ -124,7 +124,7 @@ def measure(graph: NodeGraph, direct: Direct, image, settings, seed, chunk, repe
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], allow_abbrev=False)
     parser.add_argument("--full", action="store_true", help="full-size SVD architecture (random weights) instead of the tiny one")
     parser.add_argument("--width", type=int, default=256)
     parser.add_argument("--height", type=int, default=144)

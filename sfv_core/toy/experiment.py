@@ -444,7 +444,7 @@ def ship(results: dict, assets: Path) -> list[Path]:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False)
     parser.add_argument("--out", default="outputs/toy")
     parser.add_argument("--quick", action="store_true", help="a smoke run with a few steps of everything")
     parser.add_argument("--ship", action="store_true", help="also bundle the SF-V model and a start image into sfv_core/assets (the CLI's default demo)")
