@@ -5,6 +5,14 @@ dimension and the clips one after another (clip 0's frames, then clip 1's, ...):
 SVD nodes make and take. The SFV nodes add the frame count of one clip under FRAMES_KEY, so
 a batch of several clips can be split again; a LATENT without it (from native nodes) is one
 clip unless a node's `frames_per_clip` says otherwise.
+
+Native batch nodes copy the dict, key included, while they change the batch: LatentFromBatch
+slices it (and records each frame's place in the old batch as `batch_index`), RepeatLatentBatch
+repeats it (extending `batch_index` when there is one), LatentBatch appends a second LATENT
+(`batch_index`: both batches' indices, each counted from 0). So the stored count is believed
+only while it is still true: it divides the batch and, where `batch_index` says where the
+frames came from, every run of that many frames is one whole clip (it starts at a multiple
+of the count and is consecutive). Otherwise the whole batch is one clip.
 """
 
 from __future__ import annotations
@@ -30,13 +38,27 @@ def _samples(latent: dict) -> torch.Tensor:
     return samples
 
 
+def stored_frames_per_clip(latent: dict) -> int | None:
+    """The clip length the SFV nodes stored, if it is still true of this batch (see above)."""
+    batch, stored = _samples(latent).shape[0], latent.get(FRAMES_KEY)
+    if not isinstance(stored, int) or stored < 1 or batch % stored:
+        return None
+    origin = latent.get("batch_index")
+    if origin is not None:
+        if len(origin) != batch:
+            return None
+        for start in range(0, batch, stored):
+            first = origin[start]
+            if first % stored or list(origin[start:start + stored]) != list(range(first, first + stored)):
+                return None
+    return stored
+
+
 def frames_per_clip(latent: dict, setting: int = 0) -> int:
-    """Frames of one clip: `setting` if not 0, else the count the SFV nodes stored, else the whole batch."""
+    """Frames of one clip: `setting` if not 0 (the user's word wins), else the count the SFV
+    nodes stored while it is still true, else the whole batch."""
     batch = _samples(latent).shape[0]
-    stored = latent.get(FRAMES_KEY)
-    if setting and stored and setting != stored:
-        raise InputError(f"frames_per_clip is {setting} but this LATENT holds clips of {stored} frames: set frames_per_clip to 0 (use the LATENT's count) or {stored}.")
-    frames = setting or stored or batch
+    frames = setting or stored_frames_per_clip(latent) or batch
     if batch % frames:
         raise InputError(f"the LATENT holds {batch} frames, which is not a whole number of clips of {frames} frames: set frames_per_clip to the frame count of one clip (0: the whole batch is one clip).")
     return frames
@@ -57,7 +79,7 @@ def unpack_like(latent: dict, shape: tuple[int, int, int, int, int]) -> torch.Te
     """LATENT -> (clips, frames, 4, h, w) checked against the shape a conditioning makes."""
     samples = _samples(latent)
     clips, frames, channels, height, width = shape
-    stored = latent.get(FRAMES_KEY)
+    stored = stored_frames_per_clip(latent)
     if (stored and stored != frames) or tuple(samples.shape) != (clips * frames, channels, height, width):
         in_clips = f", clips of {stored} frames" if stored else ""
         raise InputError(

@@ -32,7 +32,7 @@ class SFVTemporalVAEDecode:
                 "samples": ("LATENT", {"tooltip": "Raw SVD latents, frames in the batch: from SFV One-Step Sampler or a native SVD KSampler."}),
                 "frames_per_chunk": ("INT", {"default": 14, "min": 0, "max": 4096, "tooltip": "Frames decoded together (0: a whole clip). The temporal layers mix frames only inside a chunk; fewer frames use less memory (about 1.2 GB per 1024x576 frame in bf16)."}),
                 "overlap": ("INT", {"default": 0, "min": 0, "max": 4095, "tooltip": "Frames shared by consecutive chunks and cross-faded, to hide seams between chunks. Below frames_per_chunk."}),
-                "frames_per_clip": ("INT", {"default": 0, "min": 0, "max": 4096, "tooltip": "Frames of one clip. 0: the count the SFV sampler stored in the LATENT, or the whole batch as one clip for LATENTs from native nodes."}),
+                "frames_per_clip": ("INT", {"default": 0, "min": 0, "max": 4096, "tooltip": "Frames of one clip; a number here wins over what the LATENT says. 0: the count the SFV sampler stored in the LATENT (while native batch nodes have kept it true), else the whole batch as one clip."}),
             }
         }
 
