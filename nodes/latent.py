@@ -75,6 +75,22 @@ def _size(shape) -> str:
     return "x".join(str(int(n)) for n in shape)
 
 
+def check_frames_fit(count: int, height: int, width: int, shape: tuple[int, int, int, int, int]) -> None:
+    """Video frames (count, height, width) against the clip a conditioning makes, before they are
+    encoded: a too-short input video is named, with by how much."""
+    clips, frames, _channels, latent_height, latent_width = shape
+    wanted = clips * frames
+    if (height, width) != (latent_height * 8, latent_width * 8):
+        raise InputError(f"the frames are {width}x{height} but the conditioning makes a {latent_width * 8}x{latent_height * 8} video: fit them to the conditioner's width and height (Upscale Image, crop center).")
+    if count < wanted:
+        raise InputError(
+            f"the input video is too short: {count} frames, {wanted - count} fewer than the {wanted} the conditioning makes "
+            f"({clips} clip{'s' if clips > 1 else ''} x {frames} frames). Use a longer video, or set frames in SFV Image Conditioner to {count // clips}."
+        )
+    if count > wanted:
+        raise InputError(f"the input has {count} frames but the conditioning makes {wanted}: take the first {wanted} (Image From Batch, length {wanted}), or set frames in SFV Image Conditioner to match.")
+
+
 def unpack_like(latent: dict, shape: tuple[int, int, int, int, int]) -> torch.Tensor:
     """LATENT -> (clips, frames, 4, h, w) checked against the shape a conditioning makes."""
     samples = _samples(latent)
@@ -82,9 +98,11 @@ def unpack_like(latent: dict, shape: tuple[int, int, int, int, int]) -> torch.Te
     stored = stored_frames_per_clip(latent)
     if (stored and stored != frames) or tuple(samples.shape) != (clips * frames, channels, height, width):
         in_clips = f", clips of {stored} frames" if stored else ""
+        short = clips * frames - samples.shape[0]
+        too_short = f" The input clip is {short} frame{'s' if short > 1 else ''} too short." if short > 0 and tuple(samples.shape[1:]) == shape[2:] else ""
         raise InputError(
             f"the LATENT holds {samples.shape[0]} frames of {_size(samples.shape[1:])} latents (a {samples.shape[-1] * 8}x{samples.shape[-2] * 8} video{in_clips}), "
             f"but the conditioning makes {clips} clip{'s' if clips > 1 else ''} x {frames} frames of {_size(shape[2:])} latents (a {width * 8}x{height * 8} video): "
-            "set frames, width and height in SFV Image Conditioner to the clip's, with one start image per clip."
+            f"set frames, width and height in SFV Image Conditioner to the clip's, with one start image per clip.{too_short}"
         )
     return samples.float().reshape(shape)

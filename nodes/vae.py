@@ -75,14 +75,19 @@ class SFVVAEEncode:
             "required": {
                 "sfv_model": ("SFV_MODEL", {"tooltip": "The model from SFV Loader (its VAE encodes)."}),
                 "frames": ("IMAGE", {"tooltip": "The frames of one clip, already at the conditioner's width and height (e.g. through Upscale Image, crop center)."}),
-            }
+            },
+            "optional": {
+                "conditioning": ("SFV_CONDITIONING", {"tooltip": "The conditioning the sampler will use: when connected, the frames are checked against its frame count and size before anything is encoded (a too-short video is named here, not at the sampler)."}),
+            },
         }
 
-    def encode(self, sfv_model, frames):
+    def encode(self, sfv_model, frames, conditioning=None):
         with user_errors():
             frames = to_rgb(frames)
             count, height, width = frames.shape[:3]
             check_video_size(width, height, count)
+            if conditioning is not None:
+                latent_layout.check_frames_fit(count, height, width, conditioning.latent_shape)
             model = sfv_model.model
             encoder = model.native_encoder if model.native_encoder is not None else model.vae.encoder
             sfv_model.use("vae", memory_required=decode_bytes_per_frame(model.vae, height, width))

@@ -352,6 +352,23 @@ def test_a_size_the_model_cannot_run_is_refused_before_conditioning(models_root)
     run_node("SFVImageConditioner", sfv_model=toy, image=start_images(1), **dict(SETTINGS, width=64, height=64, frames=2))
 
 
+def test_a_too_short_video_is_named_before_it_is_encoded(sfv_model, monkeypatch):
+    """The edit workflow feeds the conditioning to SFV VAE Encode: the frame count is checked there,
+    before any frame is encoded, and the message says by how much the video is too short."""
+    conditioning, _ = run_node("SFVImageConditioner", sfv_model=sfv_model, image=start_images(1), **dict(SETTINGS, frames=FRAMES))
+    vae = sys.modules[f"{PACK_NAME}.nodes.vae"]
+    monkeypatch.setattr(vae, "encode_image_latent_native", lambda *args: pytest.fail("encoded before checking"))
+    with pytest.raises(ValueError, match=f"the input video is too short: {FRAMES - 1} frames, 1 fewer than the {FRAMES} the conditioning makes") as excinfo:
+        run_node("SFVVAEEncode", sfv_model=sfv_model, frames=torch.rand(FRAMES - 1, HEIGHT, WIDTH, 3), conditioning=conditioning)
+    plain_error(excinfo)
+    with pytest.raises(ValueError, match="the frames are 72x64 but the conditioning makes a 64x64 video"):
+        run_node("SFVVAEEncode", sfv_model=sfv_model, frames=torch.rand(FRAMES, HEIGHT, 72, 3), conditioning=conditioning)
+    monkeypatch.undo()
+    (short,) = run_node("SFVVAEEncode", sfv_model=sfv_model, frames=torch.rand(FRAMES - 1, HEIGHT, WIDTH, 3))  # no conditioning: the sampler says it
+    with pytest.raises(ValueError, match="The input clip is 1 frame too short"):
+        run_node("SFVOneStepSampler", sfv_model=sfv_model, conditioning=conditioning, seed=0, steps=1, latent=short, denoise=0.5)
+
+
 def test_zero_frames(sfv_model):
     with pytest.raises(ValueError, match="frames must be at least 1, got 0") as excinfo:
         PACK.NODE_CLASS_MAPPINGS["SFVImageConditioner"]().condition(sfv_model=sfv_model, image=start_images(1), **dict(SETTINGS, frames=0))
