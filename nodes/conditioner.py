@@ -31,8 +31,8 @@ class SFVImageConditioner:
             "required": {
                 "sfv_model": ("SFV_MODEL", {"tooltip": "The model from SFV Loader."}),
                 "image": ("IMAGE", {"tooltip": "Start image(s): the first frame of each clip. A batch of N images makes N clips."}),
-                "width": ("INT", {"default": 1024, "min": 64, "max": 16384, "step": 8, "tooltip": "Video width in pixels, a multiple of 8 (64 is safest). SVD was trained at 1024x576."}),
-                "height": ("INT", {"default": 576, "min": 64, "max": 16384, "step": 8, "tooltip": "Video height in pixels, a multiple of 8 (64 is safest)."}),
+                "width": ("INT", {"default": 1024, "min": 64, "max": 16384, "step": 8, "tooltip": "Video width in pixels, a multiple of 8, at least 64. SVD was trained at 1024x576."}),
+                "height": ("INT", {"default": 576, "min": 64, "max": 16384, "step": 8, "tooltip": "Video height in pixels, a multiple of 8, at least 64."}),
                 "frames": ("INT", {"default": 14, "min": 1, "max": 4096, "tooltip": "Frames per clip. SVD img2vid and SF-V were trained on 14."}),
                 "fps": ("INT", {"default": 7, "min": 1, "max": 1024, "tooltip": "Frame rate the model is told (fps - 1 goes in, as in training at 7). Use the same number when saving the video."}),
                 "motion_bucket_id": ("INT", {"default": 127, "min": 0, "max": 1023, "tooltip": "How much motion: higher moves more. Trained around 127."}),

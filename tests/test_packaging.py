@@ -77,3 +77,39 @@ def test_wheel_installs_the_library_alone_and_imports_outside_the_clone(tmp_path
     assert Path(imported["package"]).is_relative_to(tmp_path / "site")
     assert imported["kind"] == "svd_single_file" and imported["start_image"]
     assert imported["clone_modules"] == []
+
+
+def test_readme_library_snippet_runs_as_written(tmp_path, monkeypatch):
+    """The README's Library block, run as a file in an empty folder: no placeholder files."""
+    readme = (ROOT / "README.md").read_text()
+    section = readme[readme.index("\n## Library\n"):]
+    snippet = section[section.index("```python\n") + len("```python\n"):section.index("\n```", section.index("```python\n"))]
+    script = tmp_path / "snippet.py"
+    script.write_text(snippet + "\n")
+    monkeypatch.chdir(tmp_path)
+    import torch
+
+    torch.set_num_threads(1)
+    namespace = runpy.run_path(str(script))
+    assert namespace["frames"].shape == (1, 8, 64, 64, 3)
+    assert (tmp_path / "clip.mp4").stat().st_size > 0
+
+
+def test_registry_icon_is_small_square_and_is_the_one_pyproject_names():
+    from PIL import Image
+
+    icon_url = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["comfy"]["Icon"]
+    path = ROOT / icon_url.split("/main/", 1)[1]
+    with Image.open(path) as icon:
+        assert icon.width == icon.height <= 512 and icon.format == "PNG"
+    assert path.stat().st_size < 100_000
+
+
+def test_matplotlib_is_never_a_runtime_requirement():
+    """The plot is a train/dev extra: not in requirements.txt, and imported only inside a function."""
+    import re
+
+    assert "matplotlib" not in (ROOT / "requirements.txt").read_text()
+    assert "matplotlib" in (ROOT / "requirements-train.txt").read_text() and "matplotlib" in (ROOT / "requirements-dev.txt").read_text()
+    files = [ROOT / "__init__.py", *(ROOT / "nodes").glob("*.py"), *(ROOT / "sfv_core").rglob("*.py")]
+    assert [path.name for path in files if re.search(r"^(import|from) matplotlib", path.read_text(), re.MULTILINE)] == []
