@@ -81,6 +81,10 @@ def check_output_path(path: str | os.PathLike) -> None:
     suffix = Path(path).suffix.lower()
     if suffix and suffix not in VIDEO_SUFFIXES:
         raise InputError(f"unknown output type {suffix!r}: use .webp, .gif, .mp4, or a folder name for PNG frames.")
+    if suffix and Path(path).is_dir():
+        raise InputError(f"{path} is a folder, so a {suffix} file cannot be written there: choose another output name.")
+    if not suffix and Path(path).is_file():
+        raise InputError(f"{path} is a file, so PNG frames cannot go in it as a folder: choose another output name, or add .webp, .gif or .mp4.")
 
 
 def save_clip(frames: torch.Tensor, path: str | os.PathLike, fps: float) -> Path:

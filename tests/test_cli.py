@@ -183,6 +183,7 @@ def _unwritable(tmp_path):
         (["--decode-chunk", "-1"], "must be 0 or more"),
         (["--out", "clip.avi"], "unknown output type"),
         (["--out", "UNWRITABLE"], "is a file, not a folder"),
+        (["--out", "A_FOLDER.webp"], "is a folder, so a .webp file cannot be written there"),
         (["--save-latent", "UNWRITABLE"], "is a file, not a folder"),
         (["--frames", "1", "--checkpoint", "TOY"], "cannot make a single frame at 64x64"),
         (["--frames", "100000", "--checkpoint", "TOY"], "decoding 100000 frames of 64x64 at once needs about"),
@@ -199,7 +200,8 @@ def test_bad_settings_are_refused_before_any_model_loads(checkpoint, tmp_path, c
     unet_only = tmp_path / "unet.safetensors"
     if "UNET_ONLY" in args:
         save_unet_file(build_random_model(TINY).unet, unet_only)
-    names = {"UNWRITABLE": _unwritable(tmp_path) if "UNWRITABLE" in args else "", "TOY": str(TOY_CHECKPOINT), "UNET_ONLY": str(unet_only), "START_IMAGE": str(TOY_START_IMAGE)}
+    (tmp_path / "folder.webp").mkdir()
+    names = {"UNWRITABLE": _unwritable(tmp_path) if "UNWRITABLE" in args else "", "A_FOLDER.webp": str(tmp_path / "folder.webp"), "TOY": str(TOY_CHECKPOINT), "UNET_ONLY": str(unet_only), "START_IMAGE": str(TOY_START_IMAGE)}
     args = [names.get(arg, arg) for arg in args]
     base = [] if "--checkpoint" in args else ["--checkpoint", str(checkpoint)]
     out = [] if "--out" in args else ["--out", str(tmp_path / "clip.webp")]
