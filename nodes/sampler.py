@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ..sfv_core.errors import InputError
-from ..sfv_core.sampling import MAX_STEPS, Conditioning
+from ..sfv_core.sampling import MAX_STEPS, Conditioning, sampling_levels, sigma_for_denoise
 from . import comfy_runtime
 from . import latent as latent_layout
 from .model import SFVModel, user_errors
@@ -52,6 +52,9 @@ class SFVOneStepSampler:
     def sample(self, sfv_model, conditioning, seed, steps, latent=None, denoise=1.0):
         with user_errors():
             check_fits(sfv_model, conditioning)
+            sampling_levels(steps, sigma_for_denoise(denoise))  # before the UNet is moved to the GPU
+            if latent is None and denoise != 1.0:
+                raise InputError("denoise below 1.0 needs a latent clip to start from: connect a LATENT (e.g. from SFV VAE Encode), or set denoise to 1.0.")
             init = None if latent is None else latent_layout.unpack_like(latent, conditioning.latent_shape)
             pipeline = sfv_model.use("unet", memory_required=sfv_model.unet_workspace_bytes(conditioning.latent_shape))
             progress = comfy_runtime.progress_bar(steps)

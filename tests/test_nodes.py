@@ -369,6 +369,18 @@ def test_a_too_short_video_is_named_before_it_is_encoded(sfv_model, monkeypatch)
         run_node("SFVOneStepSampler", sfv_model=sfv_model, conditioning=conditioning, seed=0, steps=1, latent=short, denoise=0.5)
 
 
+def test_sampler_settings_are_refused_before_the_unet_is_loaded(sfv_model, monkeypatch):
+    conditioning, _ = run_node("SFVImageConditioner", sfv_model=sfv_model, image=start_images(1), **SETTINGS)
+    monkeypatch.setattr(sfv_model, "use", lambda *parts, **kwargs: pytest.fail(f"loaded {parts} before checking"))
+    sampler = PACK.NODE_CLASS_MAPPINGS["SFVOneStepSampler"]()
+    with pytest.raises(ValueError, match="needs a latent clip"):
+        sampler.sample(sfv_model, conditioning, seed=0, steps=1, denoise=0.5)
+    with pytest.raises(ValueError, match="steps must be between 1 and 4"):
+        sampler.sample(sfv_model, conditioning, seed=0, steps=5)
+    with pytest.raises(ValueError, match="denoise must be in"):
+        sampler.sample(sfv_model, conditioning, seed=0, steps=1, denoise=0.0)
+
+
 def test_zero_frames(sfv_model):
     with pytest.raises(ValueError, match="frames must be at least 1, got 0") as excinfo:
         PACK.NODE_CLASS_MAPPINGS["SFVImageConditioner"]().condition(sfv_model=sfv_model, image=start_images(1), **dict(SETTINGS, frames=0))
