@@ -1,7 +1,7 @@
 """SF-V in miniature: the paper's Table 1 and head ablation on generated data, end to end.
 
     python -m sfv_core.toy.experiment --out outputs/toy --ship     # the full run (27 min on 2 CPU cores)
-    python -m sfv_core.toy.experiment --out /tmp/toy --quick       # a smoke run (seconds)
+    python -m sfv_core.toy.experiment --out /tmp/toy --quick       # a smoke run (minutes: 395 s on 2 loaded cores)
 
 Stages, all in this process, through the project's own code paths:
   1. data: train / held-out clips from `toy.data`, written as frame folders (the trainer's input);
