@@ -275,19 +275,19 @@ def memory(args) -> dict:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False)
     sub = parser.add_subparsers(dest="command", required=True)
-    q = sub.add_parser("quality")
+    q = sub.add_parser("quality", allow_abbrev=False)
     q.add_argument("--videos", type=int, default=32, help="held-out start frames (one long video each)")
     q.add_argument("--seed", type=int, default=0)
     q.add_argument("--threads", type=int, default=2)
     q.add_argument("--methods", nargs="*", choices=list(METHODS), help="default: all")
     q.add_argument("--strip", help="also write the seam strip image here (e.g. docs/extend_seam.png)")
     q.add_argument("--out", default="outputs/bench_extend")
-    e = sub.add_parser("decoder-edges")
+    e = sub.add_parser("decoder-edges", allow_abbrev=False)
     e.add_argument("--videos", type=int, default=16)
     e.add_argument("--threads", type=int, default=1)
-    m = sub.add_parser("memory")
+    m = sub.add_parser("memory", allow_abbrev=False)
     m.add_argument("--lengths", type=int, nargs="+", default=[28, 224])
     m.add_argument("--overlap", type=int, default=4, help="4: clips of 8 add 4 frames, so 28 and 224 are both reachable")
     m.add_argument("--size", type=int, default=64)

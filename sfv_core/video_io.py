@@ -51,12 +51,17 @@ def check_output_path(path: str | os.PathLike, width: int | None = None, height:
     suffix = Path(path).suffix.lower()
     if suffix and suffix not in VIDEO_SUFFIXES:
         raise InputError(f"unknown output type {suffix!r}: use .webp, .gif, .mp4, or a folder name for PNG frames.")
-    if suffix == ".mp4" and ((width or 0) % 2 or (height or 0) % 2):
+    if suffix and Path(path).is_dir():
+        raise InputError(f"{path} is a folder, so a {suffix} file cannot be written there: choose another output name.")
+    if not suffix and Path(path).is_file():
+        raise InputError(f"{path} is a file, so PNG frames cannot go in it as a folder: choose another output name, or add .webp, .gif or .mp4.")
+    if suffix == ".mp4":
+        _check_mp4_size(width or 0, height or 0)
+
+
+def _check_mp4_size(width: int, height: int) -> None:
+    if width % 2 or height % 2:
         raise InputError(f"mp4 (H.264, yuv420p) needs an even width and height, got {width}x{height}: use .webp or an even size.")
-
-
-def _check_size(suffix: str, width: int, height: int) -> None:
-    check_output_path(f"video{suffix}", width, height)
 
 
 class _EncodedVideo:
@@ -79,7 +84,8 @@ class _EncodedVideo:
         import av
 
         if self.stream is None:  # the size is known from the first frames
-            _check_size(self.suffix, pixels.shape[2], pixels.shape[1])
+            if self.suffix == ".mp4":
+                _check_mp4_size(pixels.shape[2], pixels.shape[1])
             self.stream = self.container.add_stream(self.codec, rate=self.fps)
             self.stream.width, self.stream.height, self.stream.pix_fmt = pixels.shape[2], pixels.shape[1], self.pix_fmt
             self.stream.options = self.options
