@@ -361,3 +361,77 @@ def test_cli_trains_then_exports(videos, tmp_path, capsys):
     assert main(["train", *sets, "--export-only"]) == 0
     assert str(tmp_path / "export" / UNET_FILE) in capsys.readouterr().out
     assert main(["train", "--set", "run.mixed_precision=fp64"]) == 2  # a config error is a message, not a traceback
+
+
+# ---- a run folder is data, never code -----------------------------------------------------
+
+
+class RunsCode:
+    """A pickle that, when unpickled, creates the folder `marker` (stands for any code)."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return os.mkdir, (self.marker,)
+
+
+def plant(folder: Path, name: str, marker: Path, forge_manifest: bool) -> None:
+    """Drop a code-running pickle into a checkpoint; with `forge_manifest` also make the checksums agree."""
+    import pickle
+
+    (folder / name).write_bytes(pickle.dumps(RunsCode(marker)))
+    if forge_manifest:
+        checkpointing.write_manifest(folder)
+
+
+@pytest.mark.parametrize("name, forged", [
+    ("custom_checkpoint_0.pkl", False),  # what accelerate would unpickle with weights_only=False
+    ("custom_checkpoint_0.pkl", True),
+    ("optimizer.bin", True),
+    ("random_states_0.pkl", True),
+    ("trainer_state.json", False),
+])
+@pytest.mark.parametrize("export_only", [False, True])
+def test_a_pickle_planted_in_a_run_folder_never_runs(videos, tmp_path, capsys, name, forged, export_only):
+    from sfv_core.cli import main
+
+    sets = [a for pair in tiny_config_sets(videos, tmp_path, "steps=2", "checkpoint_every=1", "gradient_accumulation=1") for a in ("--set", pair)]
+    assert main(["train", *sets]) == 0
+    marker = tmp_path / "code-ran"
+    plant(tmp_path / "checkpoints" / "step-00000002", name, marker, forged)
+    capsys.readouterr()
+    code = main(["train", *sets, "--set", "run.steps=3", *(["--export-only"] if export_only else [])])
+    assert not marker.exists()
+    err = capsys.readouterr().err
+    if forged:  # checksums agree: the loader itself must refuse, with one line
+        assert code == 2 and "step-00000002" in err and "Traceback" not in err
+    else:  # a file the manifest does not vouch for: fall back to step 1, which is intact
+        assert code == 0
+
+
+def test_a_damaged_or_missing_latest_falls_back_to_the_previous_checkpoint(videos, tmp_path, caplog):
+    settings = ("checkpoint_every=1", "gradient_accumulation=1")
+    Trainer(tiny_config(videos, tmp_path, "steps=3", *settings)).train()
+    root = tmp_path / "checkpoints"
+    rng = root / "step-00000003" / "random_states_0.pkl"
+    rng.write_bytes(rng.read_bytes()[:-7] + b"garbage")  # same size, different bytes
+    import shutil
+
+    shutil.rmtree(root / "step-00000002")
+    caplog.set_level("WARNING")
+    trainer = Trainer(tiny_config(videos, tmp_path, "steps=3", *settings))
+    assert trainer.resume() and trainer.progress.step == 1
+    assert "random_states_0.pkl is damaged" in caplog.text
+    (root / "step-00000001" / "model.safetensors").unlink()  # nothing complete left: refuse, never restart at 0
+    with pytest.raises(checkpoints.CheckpointError, match="no complete checkpoint.*step-00000001: model.safetensors is missing"):
+        Trainer(tiny_config(videos, tmp_path, "steps=3", *settings)).resume()
+
+
+def test_a_half_written_checkpoint_is_removed_at_the_next_start_with_a_note(videos, tmp_path, caplog):
+    stale = tmp_path / "checkpoints" / ".tmp-step-00000009"
+    stale.mkdir(parents=True)
+    (stale / "model.safetensors").write_bytes(b"x" * 100)
+    caplog.set_level("WARNING")
+    Trainer(tiny_config(videos, tmp_path, "steps=1", "gradient_accumulation=1")).train()
+    assert not stale.exists() and "half-written" in caplog.text
