@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .errors import InputError
-from .files import atomic_path
+from .errors import InputError, OutputError
+from .files import atomic_folder, atomic_path
 
 VIDEO_SUFFIXES = (".webp", ".gif", ".mp4")
 
@@ -68,12 +68,27 @@ def _write_mp4(frames: np.ndarray, path: Path, fps: float) -> None:
             container.mux(stream.encode())
 
 
+FRAME_NAME = "frame_{:05d}.png"
+
+
 def _write_png_folder(frames: np.ndarray, folder: Path) -> None:
+    """The whole folder is swapped in at the end: no old extra frames, no mix of two clips."""
     from PIL import Image
 
-    for index, frame in enumerate(frames):
-        with atomic_path(folder / f"frame_{index:05d}.png") as temporary:
-            Image.fromarray(frame).save(temporary, format="PNG")
+    with atomic_folder(folder) as temporary:
+        for index, frame in enumerate(frames):
+            Image.fromarray(frame).save(temporary / FRAME_NAME.format(index), format="PNG")
+
+
+def _check_frame_folder(folder: Path) -> None:
+    """A PNG-frame output replaces its folder whole: refuse a folder that holds anything else."""
+    if folder.exists() and not folder.is_dir():
+        raise OutputError(f"{folder} is a file: PNG frames need a folder name (or use .webp, .gif, .mp4).")
+    if not folder.is_dir():
+        return
+    others = [p.name for p in folder.iterdir() if not (p.name.startswith("frame_") and p.suffix == ".png" and p.is_file())]
+    if others:
+        raise OutputError(f"{folder} is a folder that holds other files ({', '.join(sorted(others)[:3])}): PNG frames replace the whole folder, so give a new or empty folder name.")
 
 
 def check_output_path(path: str | os.PathLike) -> None:
@@ -81,6 +96,8 @@ def check_output_path(path: str | os.PathLike) -> None:
     suffix = Path(path).suffix.lower()
     if suffix and suffix not in VIDEO_SUFFIXES:
         raise InputError(f"unknown output type {suffix!r}: use .webp, .gif, .mp4, or a folder name for PNG frames.")
+    if not suffix:
+        _check_frame_folder(Path(path))
 
 
 def save_clip(frames: torch.Tensor, path: str | os.PathLike, fps: float) -> Path:
@@ -116,7 +133,7 @@ def save_latent(latents: torch.Tensor, path: str | os.PathLike) -> Path:
     The tensor is stored as (clips * frames, 4, h, w) under `latent_tensor` with the
     `latent_format_version_0` marker, so ComfyUI's LoadLatent reads it as it is.
     """
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     path = Path(path)
     clips, frames = latents.shape[:2]
@@ -124,8 +141,9 @@ def save_latent(latents: torch.Tensor, path: str | os.PathLike) -> Path:
         "latent_tensor": latents.reshape(clips * frames, *latents.shape[2:]).float().contiguous(),
         "latent_format_version_0": torch.tensor([]),
     }
+    data = save(tensors, metadata={"clips": str(clips), "frames": str(frames)})
     with atomic_path(path) as temporary:
-        save_file(tensors, str(temporary), metadata={"clips": str(clips), "frames": str(frames)})
+        temporary.write_bytes(data)  # written by Python, so a full disk is an OSError like every output's
     return path
 
 

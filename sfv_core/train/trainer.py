@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import logging
 import pickle
+import shutil
 import time
 from collections import defaultdict
 from contextlib import nullcontext
@@ -27,7 +28,7 @@ from pathlib import Path
 
 import torch
 
-from ..errors import CheckpointError, InputError
+from ..errors import CheckpointError, InputError, OutputError
 from ..models import TINY, SVDModel, build_random_model
 from ..runtime import move
 from ..sampling import Conditioning, denoise
@@ -381,8 +382,16 @@ class Trainer:
             checkpointing.clear_temp_folders(self.run_dir)
         acc.wait_for_everyone()
         folder = checkpointing.temp_folder(self.run_dir, step)
-        acc.save_state(str(folder), safe_serialization=True)
-        save_state(folder, self.own_state, write=acc.is_main_process)
+        try:
+            acc.save_state(str(folder), safe_serialization=True)
+            save_state(folder, self.own_state, write=acc.is_main_process)
+        except Exception as error:  # torch, safetensors and the OS each word a full disk differently
+            shutil.rmtree(folder, ignore_errors=True)  # a half-written checkpoint would keep the disk full
+            reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            raise OutputError(
+                f"writing the checkpoint of step {step} into {folder.parent} failed ({reason}); the previous checkpoint is intact: "
+                "if the disk is full, free space and rerun the same command to resume."
+            ) from None
         acc.wait_for_everyone()
         final = None
         if acc.is_main_process:
