@@ -63,6 +63,31 @@ def fill_defaults(args) -> None:
             setattr(args, name, value)
 
 
+def check_values(args) -> None:
+    """Every number against the shared ranges (sfv_core.limits), before any work."""
+    from . import limits
+
+    limits.check_generation(args.width, args.height, args.frames, args.fps, args.motion_bucket, args.aug)
+    limits.SEED.check(args.seed, "--seed")
+    limits.STEPS.check(args.steps, "--steps")
+    limits.DENOISE.check(args.denoise, "--denoise")
+    limits.DECODE_CHUNK.check(args.decode_chunk, "--decode-chunk")
+    limits.DECODE_OVERLAP.check(args.decode_overlap, "--decode-overlap")
+
+
+def check_memory(args, clips: int) -> None:
+    """Every stage's working memory, and the weights still to load, against free memory: before loading."""
+    from . import memory
+    from .checkpoints import inspect_checkpoint
+    from .runtime import resolve_runtime
+
+    runtime = resolve_runtime(args.device, args.dtype, args.vae_dtype, args.attention)
+    info = inspect_checkpoint(args.checkpoint)
+    stages = memory.generation_stages(info.unet_config, info.vae_config, runtime.dtype, runtime.vae_dtype, clips, args.frames, args.height, args.width, args.decode_chunk)
+    weights = info.parameter_count * memory.element_bytes(runtime.dtype)
+    memory.check_stages(stages, runtime.device, args.width, args.height, reserved=weights)
+
+
 def run_generate(args) -> None:
     import torch
     from tqdm import tqdm
@@ -73,8 +98,10 @@ def run_generate(args) -> None:
     from .video_io import check_output_path, clip_paths, load_image, load_latent, save_clip, save_latent
 
     fill_defaults(args)
+    check_values(args)
     check_output_path(args.out)
-    images = [to_rgb(load_image(path)) for path in args.image]
+    check_memory(args, len(args.image))
+    images = [to_rgb(load_image(path, fit=(args.width, args.height))) for path in args.image]
     if len({tuple(image.shape[1:3]) for image in images}) > 1:
         # Start images of different sizes cannot share a batch: fit each to the output size first.
         images = [resize_images(image, args.width, args.height, args.resize).movedim(1, -1) for image in images]
@@ -108,16 +135,37 @@ def run_tiny_checkpoint(args) -> None:
     print(save_single_file(build_random_model(TINY, seed=args.seed), args.out))
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """Usage errors as one line naming the problem and where the options are listed."""
+
+    def error(self, message):
+        self.exit(2, f"error: {message} (see {self.prog} --help)\n")
+
+
+def _add_train_missing(subparsers, missing: str) -> None:
+    from .train import EXTRAS_INSTALL
+
+    p = subparsers.add_parser("train", help=f"train an SF-V generator (needs the trainer's extras: {EXTRAS_INSTALL})", add_help=False)
+    p.add_argument("rest", nargs=argparse.REMAINDER)
+
+    def run(args):
+        from .errors import InputError
+
+        raise InputError(f"the trainer needs {missing}, which is not installed: {EXTRAS_INSTALL}")
+
+    p.set_defaults(run=run)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m sfv_core", description="SF-V: one-step image-to-video on SVD-family weights.")
+    parser = OneLineParser(prog="python -m sfv_core", description="SF-V: one-step image-to-video on SVD-family weights.")
     subparsers = parser.add_subparsers(dest="command", required=True)
     _add_generate(subparsers)
     _add_tiny_checkpoint(subparsers)
     try:
         from .train.cli import add_train_parser
-    except ImportError:  # the trainer's extra requirements are not installed
-        add_train_parser = None
-    if add_train_parser is not None:
+    except ImportError as error:  # the trainer's extra requirements are not installed
+        _add_train_missing(subparsers, error.name or "its extra requirements")
+    else:
         add_train_parser(subparsers)
     return parser
 

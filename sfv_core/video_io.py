@@ -18,22 +18,61 @@ from .files import atomic_folder, atomic_path
 VIDEO_SUFFIXES = (".webp", ".gif", ".mp4")
 
 
-def load_image(path: str | os.PathLike) -> torch.Tensor:
-    """An image file -> (1, H, W, C) float in [0, 1]; C is 1 (grey), 2 (grey+alpha), 3 or 4 (RGBA)."""
-    from PIL import Image, UnidentifiedImageError
+SIXTEEN_BIT_MODES = ("I", "I;16", "I;16B", "I;16L", "I;16N")  # 16-bit grey PNG/TIFF; ComfyUI rescales mode I too
+
+
+def _pixels(image) -> np.ndarray:
+    """A Pillow image of any mode -> float32 (H, W, C) in [0, 1]; C is 1, 2, 3 or 4."""
+    from PIL import ImageCms
+
+    if image.mode in SIXTEEN_BIT_MODES:
+        return np.clip(np.asarray(image, dtype=np.float32) / 65535.0, 0.0, 1.0)
+    if image.mode == "F":  # Pillow's scale for float images: 0..255, as its own convert("L") reads them
+        return np.clip(np.asarray(image, dtype=np.float32) / 255.0, 0.0, 1.0)
+    if image.mode == "LAB":  # Pillow's convert would copy L, a, b into R, G, B
+        image = ImageCms.profileToProfile(image, ImageCms.createProfile("LAB"), ImageCms.createProfile("sRGB"), outputMode="RGB")
+    elif image.mode in ("P", "PA"):
+        image = image.convert("RGBA" if image.mode == "PA" or "transparency" in image.info else "RGB")
+    elif image.mode not in ("L", "LA", "RGB", "RGBA"):
+        alpha = any(band in ("A", "a") for band in image.getbands())
+        image = image.convert("RGBA" if alpha else ("L" if len(image.getbands()) == 1 else "RGB"))
+    return np.asarray(image, dtype=np.float32) / 255.0
+
+
+def _shrink(image, fit: tuple[int, int]):
+    """Reduce by a whole factor while keeping at least twice `fit` (width, height) on both sides.
+
+    The antialiased resize to `fit` that follows sees the same detail, and a huge image never
+    reaches float32 at full size."""
+    factor = min(image.width // (2 * fit[0]), image.height // (2 * fit[1]))
+    return image.reduce(factor) if factor >= 2 else image
+
+
+def load_image(path: str | os.PathLike, fit: tuple[int, int] | None = None) -> torch.Tensor:
+    """An image file -> (1, H, W, C) float in [0, 1]; C is 1 (grey), 2 (grey+alpha), 3 or 4 (RGBA).
+
+    EXIF orientation is applied (as ComfyUI's LoadImage does). With `fit` (the output's width,
+    height) a large image is reduced as it is read (JPEG: decoded at a lower scale)."""
+    from PIL import Image, ImageOps, UnidentifiedImageError
 
     path = Path(path)
     if not path.is_file():
-        raise InputError(f"start image {path} does not exist: check the --image path.")
+        what = "is a folder" if path.is_dir() else "does not exist"
+        raise InputError(f"start image {path} {what}: check the --image path.")
     try:
         with Image.open(path) as image:
-            image.load()
-            if image.mode == "P":
-                image = image.convert("RGBA" if "transparency" in image.info else "RGB")
-            elif image.mode not in ("L", "LA", "RGB", "RGBA"):
-                image = image.convert("RGBA" if "A" in image.getbands() else ("L" if len(image.getbands()) == 1 else "RGB"))
-            pixels = np.asarray(image, dtype=np.float32) / 255.0
-    except (UnidentifiedImageError, OSError) as error:
+            if fit is not None and image.format == "JPEG":
+                side = 2 * max(fit)  # before the EXIF rotation, so room for either orientation
+                image.draft(image.mode, (side, side))
+            image = ImageOps.exif_transpose(image)
+            if fit is not None:
+                image = _shrink(image, fit)
+            pixels = _pixels(image)
+    except Image.DecompressionBombError as error:
+        raise InputError(f"{path} is too large to read safely ({error}): downscale it first.") from None
+    except PermissionError:
+        raise InputError(f"cannot read {path}: permission denied; make it readable or copy it somewhere readable.") from None
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as error:
         raise InputError(f"cannot read {path} as an image ({error}): use a PNG, JPEG or WebP file.") from None
     if pixels.ndim == 2:
         pixels = pixels[..., None]

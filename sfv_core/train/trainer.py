@@ -29,6 +29,7 @@ from pathlib import Path
 import torch
 
 from ..errors import CheckpointError, InputError, OutputError
+from ..files import writing
 from ..models import TINY, SVDModel, build_random_model
 from ..runtime import move
 from ..sampling import Conditioning, denoise
@@ -211,11 +212,17 @@ class Trainer:
                 temporary.write_text(json.dumps(listed, indent=1))
         self.accelerator.wait_for_everyone()
         saved = json.loads(listing.read_text())
+        if not saved["sources"]:
+            raise InputError(
+                f"data.path {d.path} holds no usable training video ({saved['summary']}): it needs videos (.mp4 .webm .mov .mkv .avi) "
+                f"or frame folders at least {d.num_frames} frames long at {d.fps:g} fps"
+            )
         return [Source(**{**s, "frames": tuple(s["frames"])}) for s in saved["sources"]]
 
     def setup_data(self) -> None:
         d, acc = self.cfg.data, self.accelerator
-        self.run_dir.mkdir(parents=True, exist_ok=True)
+        with writing(self.run_dir):
+            self.run_dir.mkdir(parents=True, exist_ok=True)
         if d.latent_cache:
             if not cache_is_complete(d.latent_cache):
                 self.place_encoders(vae=True, image_encoder=True)
