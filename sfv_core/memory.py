@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from .errors import InputError
+from .errors import CheckpointError, InputError
 
 # Feature maps of the first level alive at the peak of each stage (fp32, CPU). Measured with
 # benchmarks/bench_memory.py on the tiny config: encode 5.4, UNet 41-54 (of its 32 channels),
@@ -27,24 +27,32 @@ DECODE_MAPS = 12
 LATENT_SCALE = 8  # pixels per latent pixel, each way
 
 
+def first_width(config: dict) -> int:
+    """Channels of a network's first level, from its config (checked: configs come from files)."""
+    widths = config.get("block_out_channels") if isinstance(config, dict) else None
+    if not isinstance(widths, (list, tuple)) or not widths or not isinstance(widths[0], int) or widths[0] <= 0:
+        raise CheckpointError(f"the model config's block_out_channels is {widths!r}, not a list of channel counts: the checkpoint's config is damaged.")
+    return widths[0]
+
+
 def element_bytes(dtype: torch.dtype) -> int:
     return torch.finfo(dtype).bits // 8
 
 
 def encode_bytes(vae_config: dict, dtype: torch.dtype, images: int, height: int, width: int) -> int:
     """VAE encoding of the start images, all at once, at the video size."""
-    return ENCODE_MAPS * images * height * width * vae_config["block_out_channels"][0] * element_bytes(dtype)
+    return ENCODE_MAPS * images * height * width * first_width(vae_config) * element_bytes(dtype)
 
 
 def unet_bytes(unet_config: dict, dtype: torch.dtype, clips: int, frames: int, height: int, width: int) -> int:
     """One UNet pass over every frame of every clip (they run as one batch)."""
     pixels = clips * frames * (height // LATENT_SCALE) * (width // LATENT_SCALE)
-    return UNET_MAPS * pixels * unet_config["block_out_channels"][0] * element_bytes(dtype)
+    return UNET_MAPS * pixels * first_width(unet_config) * element_bytes(dtype)
 
 
 def decode_bytes(vae_config: dict, dtype: torch.dtype, frames: int, height: int, width: int) -> int:
     """The temporal decoder over `frames` frames decoded together."""
-    return DECODE_MAPS * frames * height * width * vae_config["block_out_channels"][0] * element_bytes(dtype)
+    return DECODE_MAPS * frames * height * width * first_width(vae_config) * element_bytes(dtype)
 
 
 def _read_int(path: Path) -> int | None:
