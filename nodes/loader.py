@@ -37,6 +37,7 @@ def _diffusers_folders() -> dict[str, str]:
                 dirs[:] = []
                 continue
             seen.add((identity.st_dev, identity.st_ino))
+            dirs.sort()  # a folder reached by two paths is listed under the first in name order
             if "model_index.json" in files:
                 found.setdefault(DIFFUSERS_PREFIX + os.path.relpath(folder, root), folder)
                 dirs[:] = []  # its unet/, vae/ ... are parts of it, not models of their own

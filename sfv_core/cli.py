@@ -66,6 +66,7 @@ def fill_defaults(args) -> None:
 def check_values(args) -> None:
     """Every number against the shared ranges (sfv_core.limits), before any work."""
     from . import limits
+    from .errors import InputError
 
     limits.check_generation(args.width, args.height, args.frames, args.fps, args.motion_bucket, args.aug)
     limits.SEED.check(args.seed, "--seed")
@@ -73,6 +74,8 @@ def check_values(args) -> None:
     limits.DENOISE.check(args.denoise, "--denoise")
     limits.DECODE_CHUNK.check(args.decode_chunk, "--decode-chunk")
     limits.DECODE_OVERLAP.check(args.decode_overlap, "--decode-overlap")
+    if args.denoise != 1.0 and not args.init_latent:
+        raise InputError("--denoise below 1 re-renders an existing clip: also pass --init-latent (a latent file from --save-latent or SaveLatent).")
 
 
 def check_memory(args, clips: int) -> None:
@@ -101,6 +104,7 @@ def run_generate(args) -> None:
     check_values(args)
     check_output_path(args.out)
     check_memory(args, len(args.image))
+    init = load_latent(args.init_latent, args.frames) if args.init_latent else None
     images = [to_rgb(load_image(path, fit=(args.width, args.height))) for path in args.image]
     if len({tuple(image.shape[1:3]) for image in images}) > 1:
         # Start images of different sizes cannot share a batch: fit each to the output size first.
@@ -109,7 +113,6 @@ def run_generate(args) -> None:
     pipe = SFVPipeline.from_files(args.checkpoint, args.sfv_unet, args.device, args.dtype, args.vae_dtype, args.attention)
     settings = dict(width=args.width, height=args.height, num_frames=args.frames, fps=args.fps, motion_bucket_id=args.motion_bucket, augmentation=args.aug, variant=args.preprocess, resize=args.resize)
     cond, _ = pipe.condition(images, **settings)
-    init = load_latent(args.init_latent, args.frames) if args.init_latent else None
     with tqdm(total=args.steps, desc="sample", unit="step", file=sys.stderr) as bar:
         latents = pipe.sample(cond, args.seed, args.steps, init, args.denoise, callback=lambda i: bar.update(1))
     chunks = len(plan_chunks(args.frames, args.decode_chunk or None, args.decode_overlap)) * latents.shape[0]

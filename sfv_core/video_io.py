@@ -203,6 +203,8 @@ def load_latent(path: str | os.PathLike, frames: int | None = None) -> torch.Ten
                 flat = flat / 0.18215  # ComfyUI's oldest .latent files stored scaled latents
     except SafetensorError as error:
         raise InputError(f"cannot read {path} as safetensors ({error}).") from None
+    if not torch.isfinite(flat).all():
+        raise InputError(f"{path} holds NaN or infinite values: it is damaged; sample or encode that clip again.")
     frames = frames or int(metadata.get("frames", flat.shape[0]))
     if flat.ndim != 4 or flat.shape[0] % frames:
         raise InputError(f"latent of shape {tuple(flat.shape)} does not split into clips of {frames} frames.")

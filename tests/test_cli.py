@@ -77,7 +77,7 @@ def test_edit_an_existing_clip_and_several_start_images(checkpoint, tmp_path):
         (["--image", "/nonexistent.png"], "does not exist"),
         (["--steps", "9"], "steps must be between 1 and 4"),
         (["--out", "clip.avi"], "unknown output type"),
-        (["--denoise", "0.5"], "needs a latent clip"),
+        (["--denoise", "0.5"], "also pass --init-latent"),
     ],
 )
 def test_bad_input_is_one_clear_line(checkpoint, tmp_path, capsys, args, message):

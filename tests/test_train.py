@@ -11,7 +11,7 @@ import yaml
 from PIL import Image
 
 from sfv_core import checkpoints
-from sfv_core.errors import InputError
+from sfv_core.errors import InputError, OutputError
 from sfv_core.models import TINY, build_random_model
 from sfv_core.sampling import Conditioning, denoise, sample, seeded_generator
 from sfv_core.train import checkpointing
@@ -435,3 +435,95 @@ def test_a_half_written_checkpoint_is_removed_at_the_next_start_with_a_note(vide
     caplog.set_level("WARNING")
     Trainer(tiny_config(videos, tmp_path, "steps=1", "gradient_accumulation=1")).train()
     assert not stale.exists() and "half-written" in caplog.text
+
+
+# ---- trainer faults, by class ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("file, out", [("run", "run"), ("parent", "parent/run")])
+def test_an_output_folder_that_is_a_file_is_one_message(videos, tmp_path, file, out):
+    (tmp_path / file).write_text("a file")
+    with pytest.raises(OutputError, match=f"{file} is a file, not a folder"):
+        Trainer(tiny_config(videos, tmp_path / out, "steps=1")).train()
+
+
+@pytest.mark.parametrize("error", [OSError(28, "No space left on device"), RuntimeError("PytorchStreamWriter failed writing file data/0: file write failed")])
+def test_a_full_disk_during_a_checkpoint_removes_the_half_written_folder(videos, tmp_path, monkeypatch, error):
+    import accelerate.checkpointing
+
+    def full(*args, **kwargs):
+        raise error
+
+    monkeypatch.setattr(accelerate.checkpointing, "save", full)
+    with pytest.raises(OutputError, match="writing the checkpoint of step 1 .* previous checkpoint is intact"):
+        Trainer(tiny_config(videos, tmp_path, "steps=1", "gradient_accumulation=1")).train()
+    assert not list((tmp_path / "checkpoints").glob(".tmp-*"))
+
+
+@pytest.mark.parametrize("content", ["", "bytes", "unreadable"])
+def test_training_data_with_no_usable_video_says_so(tmp_path, content):
+    data = tmp_path / "data"
+    data.mkdir()
+    if content == "bytes":
+        (data / "clip.mp4").write_bytes(os.urandom(2000))
+    elif content == "unreadable":
+        (data / "frames").mkdir()
+        (data / "frames" / "0.png").write_bytes(b"not a png")
+    with pytest.raises(InputError, match="holds no usable training video"):
+        Trainer(tiny_config(data, tmp_path / "run", "steps=1")).train()
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_the_only_source_failing_mid_run_is_one_message(tmp_path, workers):
+    data = tmp_path / "data"
+    data.mkdir()
+    write_video(data / "only.mp4", 20)
+    trainer = Trainer(tiny_config(data, tmp_path / "run", "steps=2", f"num_workers={workers}", "gradient_accumulation=1"))
+    trainer.setup_data()
+    (data / "only.mp4").write_bytes(b"gone bad")  # after the scan: fails when read
+    with pytest.raises(InputError) as caught:
+        trainer.train_step()
+    message = str(caught.value)
+    assert message.startswith("no data source can be decoded any more") and "Traceback" not in message
+
+
+def damage_first_shard(cache: Path) -> str:
+    shard = sorted(cache.glob("shard-*.safetensors"))[0]
+    shard.write_bytes(shard.read_bytes()[:50])
+    return shard.name
+
+
+def test_a_damaged_latent_cache_shard_is_skipped_and_named(videos, tmp_path, caplog):
+    from sfv_core.train.encoding import LatentCacheDataset
+
+    cache = tmp_path / "cache"
+    cfg = tiny_config(videos, tmp_path / "run", f"data.latent_cache={cache}", "steps=1", "cache_shard_size=2", "gradient_accumulation=1")
+    Trainer(cfg).setup_data()
+    name = damage_first_shard(cache)
+    caplog.set_level("WARNING")
+    assert len(LatentCacheDataset(cache, cfg.data)) == 2  # 4 clips, the damaged shard's 2 left out
+    assert name in caplog.text and "skipping damaged shard" in caplog.text
+    sorted(cache.glob("shard-*.safetensors"))[1].write_bytes(b"")
+    with pytest.raises(InputError, match="every shard of the latent cache .* is damaged or missing: delete"):
+        LatentCacheDataset(cache, cfg.data)
+    (cache / "index.json").write_text("{not json")
+    with pytest.raises(InputError, match="index.json is damaged"):
+        LatentCacheDataset(cache, cfg.data)
+
+
+def test_train_without_the_extras_names_the_install_command(monkeypatch, capsys):
+    import builtins
+
+    from sfv_core.cli import main
+
+    real_import = builtins.__import__
+
+    def without_accelerate(name, *args, **kwargs):
+        if name == "accelerate" or name.startswith("accelerate."):
+            raise ImportError(f"No module named {name!r}", name=name)
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", without_accelerate)
+    assert main(["train", "--set", "model.path=tiny-random", "--set", "data.path=x"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == "error: the trainer needs accelerate, which is not installed: pip install -r requirements.txt -r requirements-train.txt"
