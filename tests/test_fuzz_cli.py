@@ -27,6 +27,12 @@ class RunsCode:
         return os.mkdir, (self.marker,)
 
 
+def train_settings(root: Path) -> list[str]:
+    # fp32 as every trainer test: accelerate's process-wide state keeps the first precision asked for.
+    pairs = ("model.path=tiny-random", f"data.path={root}", f"run.output_dir={root / 'run'}", "run.mixed_precision=fp32")
+    return [arg for pair in pairs for arg in ("--set", pair)]
+
+
 def forged_run_folder(root: Path) -> list[str]:
     """A run folder whose only checkpoint holds a code-running RNG pickle and a manifest that vouches for it."""
     from sfv_core.train import checkpointing
@@ -36,7 +42,7 @@ def forged_run_folder(root: Path) -> list[str]:
     (folder / "random_states_0.pkl").write_bytes(pickle.dumps(RunsCode(root / "code-ran")))
     checkpointing.write_manifest(folder)
     (folder.parent / "latest").write_text("step-00000001\n")
-    return ["train", "--export-only", "--set", "model.path=tiny-random", "--set", f"data.path={root}", "--set", f"run.output_dir={root / 'run'}"]
+    return ["train", "--export-only", *train_settings(root)]
 
 
 def overlapping_header(root: Path) -> list[str]:
@@ -48,7 +54,7 @@ def overlapping_header(root: Path) -> list[str]:
 def dangling_latest(root: Path) -> list[str]:
     (root / "run" / "checkpoints").mkdir(parents=True)
     (root / "run" / "checkpoints" / "latest").write_text("step-00000500\n")
-    return ["train", "--export-only", "--set", "model.path=tiny-random", "--set", f"data.path={root}", "--set", f"run.output_dir={root / 'run'}"]
+    return ["train", "--export-only", *train_settings(root)]
 
 
 def nan_init_latent(root: Path) -> list[str]:

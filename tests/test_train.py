@@ -11,7 +11,7 @@ import yaml
 from PIL import Image
 
 from sfv_core import checkpoints
-from sfv_core.errors import InputError, OutputError
+from sfv_core.errors import CheckpointError, InputError, OutputError
 from sfv_core.models import TINY, build_random_model
 from sfv_core.sampling import Conditioning, denoise, sample, seeded_generator
 from sfv_core.train import checkpointing
@@ -424,7 +424,7 @@ def test_a_damaged_or_missing_latest_falls_back_to_the_previous_checkpoint(video
     assert trainer.resume() and trainer.progress.step == 1
     assert "random_states_0.pkl is damaged" in caplog.text
     (root / "step-00000001" / "model.safetensors").unlink()  # nothing complete left: refuse, never restart at 0
-    with pytest.raises(checkpoints.CheckpointError, match="no complete checkpoint.*step-00000001: model.safetensors is missing"):
+    with pytest.raises(CheckpointError, match="no complete checkpoint.*step-00000001: model.safetensors is missing"):
         Trainer(tiny_config(videos, tmp_path, "steps=3", *settings)).resume()
 
 
