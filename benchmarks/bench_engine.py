@@ -233,7 +233,7 @@ def bench_decode(args) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False)
     parser.add_argument("bench", choices=["overhead", "diffusers", "load", "decode"])
     parser.add_argument("--config", choices=["tiny", "full"], default="tiny")
     parser.add_argument("--width", type=int, default=256)

@@ -12,6 +12,7 @@ import logging
 import os
 import secrets
 import shutil
+import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -143,3 +144,17 @@ def atomic_folder(destination: str | os.PathLike):
         except BaseException:
             shutil.rmtree(temporary, ignore_errors=True)
             raise
+
+
+def check_writable(destination: str | os.PathLike) -> None:
+    """Prove, before any work, that `destination` can be written: the nearest folder above it
+    that exists takes a new file (atomic_path creates the missing folders below it)."""
+    destination = Path(destination)
+    folder = destination.parent
+    while not folder.exists() and not folder.is_symlink():
+        folder = folder.parent
+    with writing(destination):
+        if not folder.is_dir():
+            raise NotADirectoryError(errno.ENOTDIR, "not a folder")
+        with tempfile.TemporaryFile(dir=folder):
+            pass

@@ -42,8 +42,11 @@ class Range:
 
 
 SIZE_MULTIPLE = 8
-WIDTH = Range("width", 16, 16384, "pixels, a multiple of 8; ComfyUI's SVD node's range")
-HEIGHT = Range("height", 16, 16384, "pixels, a multiple of 8; ComfyUI's SVD node's range")
+WIDTH = Range("width", 64, 16384, "pixels, a multiple of 8")
+HEIGHT = Range("height", 64, 16384, "pixels, a multiple of 8")
+# Training clips are cropped to their size, with no start-image conditioning at it: any multiple of 8.
+CLIP_WIDTH = Range("data.width", 8, 16384, "training clip pixels, a multiple of 8")
+CLIP_HEIGHT = Range("data.height", 8, 16384, "training clip pixels, a multiple of 8")
 FRAMES = Range("frames", 1, 4096, "frames per clip; SVD was trained on 14")
 FPS = Range("fps", 1, 1024, "the frame rate the model is told; trained at 7", integer=False)
 MOTION_BUCKET = Range("motion bucket id", 0, 1023, "higher moves more; trained around 127")
@@ -56,13 +59,29 @@ DECODE_OVERLAP = Range("decode overlap", 0, 4095, "frames shared by consecutive 
 FRAMES_PER_CLIP = Range("frames per clip", 0, 4096, "0: as stored in the LATENT")
 
 
+def _size_fix(value: int, limit: Range) -> str | None:
+    """The sizes to use instead of `value` (in range, not a multiple of 8 or too small), or None when it is fine."""
+    if value >= limit.low and value % SIZE_MULTIPLE == 0:
+        return None
+    lower = value // SIZE_MULTIPLE * SIZE_MULTIPLE
+    return " or ".join(str(v) for v in (lower, lower + SIZE_MULTIPLE) if limit.low <= v <= limit.high) or str(limit.low)
+
+
 def check_size(width: int, height: int) -> None:
-    for name, value, limits in (("width", width, WIDTH), ("height", height, HEIGHT)):
-        limits.check(value, name)
-        if value % SIZE_MULTIPLE:
-            lower = value // SIZE_MULTIPLE * SIZE_MULTIPLE
-            nearest = " or ".join(str(v) for v in (lower, lower + SIZE_MULTIPLE) if limits.low <= v <= limits.high)
-            raise InputError(f"{name} {value} is not a multiple of 8: the VAE works on 8x8 pixel blocks. Use {nearest}.")
+    """Width and height: numbers in range, then multiples of 8 of at least 64; the message names
+    the wrong one (ComfyUI shows it under both widgets)."""
+    for name, value, limit in (("width", width, WIDTH), ("height", height, HEIGHT)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or not 0 < value <= limit.high or value != int(value):
+            limit.check(value, name)
+    fixes = {name: (value, _size_fix(int(value), limit)) for name, value, limit in (("width", width, WIDTH), ("height", height, HEIGHT))}
+    wrong = {name: pair for name, pair in fixes.items() if pair[1] is not None}
+    if len(wrong) == 1:
+        ((name, (value, fix)),) = wrong.items()
+        other = "height" if name == "width" else "width"
+        raise InputError(f"{name} {value} is not a multiple of 8 of at least {WIDTH.low} ({other} {fixes[other][0]} is fine): the VAE works on 8x8 pixel blocks. Use {fix}.")
+    if wrong:
+        raise InputError(f"width {width} and height {height} are not multiples of 8 of at least {WIDTH.low}: the VAE works on 8x8 pixel blocks. "
+                         f"Use width {fixes['width'][1]} and height {fixes['height'][1]}.")
 
 
 def check_generation(width: int, height: int, frames: int, fps: float, motion_bucket_id: float, augmentation: float) -> None:

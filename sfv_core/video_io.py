@@ -135,6 +135,8 @@ def check_output_path(path: str | os.PathLike) -> None:
     suffix = Path(path).suffix.lower()
     if suffix and suffix not in VIDEO_SUFFIXES:
         raise InputError(f"unknown output type {suffix!r}: use .webp, .gif, .mp4, or a folder name for PNG frames.")
+    if suffix and Path(path).is_dir():
+        raise OutputError(f"{path} is a folder, so a {suffix} file cannot be written there: choose another output name.")
     if not suffix:
         _check_frame_folder(Path(path))
 

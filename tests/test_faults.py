@@ -56,7 +56,7 @@ def test_an_output_the_os_refuses_is_one_message_and_leaves_nothing(tmp_path, mo
     (lambda root: (root / "a_file").touch(), "a_file/deeper/frames", "a_file is a file, not a folder"),
     (lambda root: (root / "loop").symlink_to("loop"), "loop/clip.gif", "loop is a symbolic-link loop"),
     (lambda root: (root / "a_folder").mkdir(), "a_folder.webp", None),  # control: a plain new file
-    (lambda root: (root / "clip.webp").mkdir(), "clip.webp", "existing folder"),
+    (lambda root: (root / "clip.webp").mkdir(), "clip.webp", "is a folder, so a .webp file cannot be written"),
     (lambda root: (root / "frames").touch(), "frames", "is a file"),
     (lambda root: (root / "docs").mkdir() or (root / "docs" / "notes.txt").touch(), "docs", "holds other files"),
 ])
