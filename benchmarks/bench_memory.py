@@ -62,7 +62,7 @@ def measure(config_name: str, stage: str, width: int, height: int, frames: int, 
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
+    parser = argparse.ArgumentParser(allow_abbrev=False)
     parser.add_argument("--config", choices=("tiny", "full"), default="tiny")
     parser.add_argument("--sizes", default="256x256x8,512x512x8")
     parser.add_argument("--stages", default="encode,unet,decode")

@@ -216,7 +216,7 @@ class OneLineParser(argparse.ArgumentParser):
 def _add_train_missing(subparsers, missing: str) -> None:
     from .train import EXTRAS_INSTALL
 
-    p = subparsers.add_parser("train", help=f"train an SF-V generator (needs the trainer's extras: {EXTRAS_INSTALL})", add_help=False)
+    p = subparsers.add_parser("train", help=f"train an SF-V generator (needs the trainer's extras: {EXTRAS_INSTALL})", add_help=False, allow_abbrev=False)
     p.add_argument("rest", nargs=argparse.REMAINDER)
 
     def run(args):
