@@ -2,17 +2,13 @@
 
 from __future__ import annotations
 
-from ..sfv_core import extend
+from ..sfv_core import extend, limits
 from ..sfv_core.conditioning import check_video_size, to_rgb
 from ..sfv_core.decoding import decode_bytes_per_frame
 from ..sfv_core.errors import InputError, SFVError
-from ..sfv_core.sampling import MAX_STEPS
 from . import comfy_runtime
 from . import latent as latent_layout
 from .model import user_errors
-from .sampler import SEED_MAX
-
-MAX_FRAMES = 4096
 
 
 def settings_of(clip_frames, overlap, overlap_denoise, crossfade, steps, condition_frame) -> extend.ExtendSettings:
@@ -58,16 +54,16 @@ class SFVExtendClip:
             "required": {
                 "sfv_model": ("SFV_MODEL", {"tooltip": "The model from SFV Loader (with an SF-V UNet for one-step clips)."}),
                 "clip": ("IMAGE", {"tooltip": "The clip to extend (frames, height, width, 3): from SFV Temporal VAE Decode or a previous SFV Extend Clip. Its size is the new frames' size."}),
-                "new_frames": ("INT", {"default": defaults.new_frames_per_clip, "min": 1, "max": MAX_FRAMES, "tooltip": "Frames to add: a multiple of clip_frames - overlap (each clip adds that many)."}),
-                "clip_frames": ("INT", {"default": defaults.clip_frames, "min": 2, "max": MAX_FRAMES, "tooltip": "Frames of each clip the model makes, the overlap included. SVD and SF-V were trained on 14."}),
-                "overlap": ("INT", {"default": defaults.overlap, "min": 0, "max": MAX_FRAMES - 1, "tooltip": "Frames each new clip shares with the one before, carried into it and cross-faded. Below clip_frames."}),
-                "seed": ("INT", {"default": 0, "min": 0, "max": SEED_MAX, "control_after_generate": True, "tooltip": "Seed of the first new clip; the next ones use seed + 1, seed + 2 ..."}),
-                "motion_bucket_id": ("INT", {"default": 127, "min": 0, "max": 1023, "tooltip": "How much motion: higher moves more. Trained around 127."}),
-                "fps": ("INT", {"default": 7, "min": 1, "max": 1024, "tooltip": "Frame rate the model is told; the same as the conditioner's."}),
-                "augmentation": ("FLOAT", {"default": 0.02, "min": 0.0, "max": 10.0, "step": 0.01, "tooltip": "Noise added to each new clip's condition frame before it is encoded, as in the conditioner."}),
+                "new_frames": ("INT", {"default": defaults.new_frames_per_clip, "min": 1, "max": limits.FRAMES.high, "tooltip": "Frames to add: a multiple of clip_frames - overlap (each clip adds that many)."}),
+                "clip_frames": ("INT", {"default": defaults.clip_frames, "min": 2, "max": limits.FRAMES.high, "tooltip": "Frames of each clip the model makes, the overlap included. SVD and SF-V were trained on 14."}),
+                "overlap": ("INT", {"default": defaults.overlap, "min": 0, "max": limits.FRAMES.high - 1, "tooltip": "Frames each new clip shares with the one before, carried into it and cross-faded. Below clip_frames."}),
+                "seed": ("INT", {"default": 0, **limits.SEED.widget(), "control_after_generate": True, "tooltip": "Seed of the first new clip; the next ones use seed + 1, seed + 2 ..."}),
+                "motion_bucket_id": ("INT", {"default": 127, **limits.MOTION_BUCKET.widget(), "tooltip": "How much motion: higher moves more. Trained around 127."}),
+                "fps": ("INT", {"default": 7, **limits.FPS.widget(), "tooltip": "Frame rate the model is told; the same as the conditioner's."}),
+                "augmentation": ("FLOAT", {"default": 0.02, **limits.AUGMENTATION.widget(), "step": 0.01, "tooltip": "Noise added to each new clip's condition frame before it is encoded, as in the conditioner."}),
                 "overlap_denoise": ("FLOAT", {"default": round(defaults.overlap_denoise, 3), "min": 0.001, "max": 1.0, "step": 0.001, "tooltip": "How much the carried frames are re-noised: 0.667 is SF-V's level 70.54 (measured best), 0.333 is 2.27 (keeps them nearly as they are), 1.0 carries only the condition frame."}),
                 "crossfade": (list(extend.CROSSFADES), {"default": defaults.crossfade, "tooltip": "Blend the overlap as decoded frames (pixel) or as latents before decoding (latent)."}),
-                "steps": ("INT", {"default": 1, "min": 1, "max": MAX_STEPS, "tooltip": "UNet passes per clip, on SF-V's levels below the overlap's."}),
+                "steps": ("INT", {"default": 1, **limits.STEPS.widget(), "tooltip": "UNet passes per clip, on SF-V's levels below the overlap's."}),
                 "condition_frame": (list(extend.CONDITION_FRAMES), {"default": defaults.condition_frame, "tooltip": "The frame each new clip is conditioned on: the clip's last frame, or the first frame it shares with the new clip (the one the new clip's first frame is carried from)."}),
             },
             "optional": {

@@ -106,3 +106,21 @@ def unpack_like(latent: dict, shape: tuple[int, int, int, int, int]) -> torch.Te
             f"set frames, width and height in SFV Image Conditioner to the clip's, with one start image per clip.{too_short}"
         )
     return samples.float().reshape(shape)
+
+
+def noise_mask(latent: dict, shape: tuple[int, int, int, int, int]) -> torch.Tensor | None:
+    """A LATENT's noise_mask (1 = re-render, 0 = keep; at pixel or latent size, one for all
+    frames or one per frame) as (clips, frames, 1, h, w), resized as KSampler resizes it."""
+    mask = latent.get("noise_mask")
+    if mask is None:
+        return None
+    clips, frames, _channels, height, width = shape
+    if not isinstance(mask, torch.Tensor) or mask.ndim < 2 or mask.numel() == 0:
+        raise InputError("the LATENT's noise_mask is not a mask image: use Set Latent Noise Mask with a MASK.")
+    mask = mask.float().reshape(-1, 1, *mask.shape[-2:])
+    if mask.shape[0] not in (1, clips * frames):
+        raise InputError(f"the LATENT's noise_mask has {mask.shape[0]} frames, but the clip has {clips * frames}: use one mask, or one per frame.")
+    if not torch.isfinite(mask).all():
+        raise InputError("the LATENT's noise_mask holds NaN or infinite values: make the mask again.")
+    mask = torch.nn.functional.interpolate(mask, size=(height, width), mode="bilinear").clamp(0.0, 1.0)
+    return mask.expand(clips * frames, -1, -1, -1).reshape(clips, frames, 1, height, width)

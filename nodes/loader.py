@@ -26,9 +26,21 @@ def _diffusers_folders() -> dict[str, str]:
     """Listed name -> path of each diffusers folder (one with model_index.json) in models/diffusers."""
     found = {}
     for root in comfy_runtime.model_folders("diffusers"):
-        for folder, _dirs, files in os.walk(root, followlinks=True):
+        seen: set[tuple[int, int]] = set()  # folders by (device, inode): links are followed, loops are not
+        for folder, dirs, files in os.walk(root, followlinks=True):
+            try:
+                identity = os.stat(folder)
+            except OSError:
+                dirs[:] = []
+                continue
+            if (identity.st_dev, identity.st_ino) in seen:
+                dirs[:] = []
+                continue
+            seen.add((identity.st_dev, identity.st_ino))
+            dirs.sort()  # a folder reached by two paths is listed under the first in name order
             if "model_index.json" in files:
                 found.setdefault(DIFFUSERS_PREFIX + os.path.relpath(folder, root), folder)
+                dirs[:] = []  # its unet/, vae/ ... are parts of it, not models of their own
     return dict(sorted(found.items()))
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from ..sfv_core import limits
 from ..sfv_core.conditioning import check_video_size, encode_image_latent_native, to_rgb
 from ..sfv_core.decoding import decode_bytes_per_frame, plan_chunks
 from ..sfv_core.errors import InputError
@@ -30,9 +31,9 @@ class SFVTemporalVAEDecode:
             "required": {
                 "sfv_model": ("SFV_MODEL", {"tooltip": "The model from SFV Loader (its VAE decodes)."}),
                 "samples": ("LATENT", {"tooltip": "Raw SVD latents, frames in the batch: from SFV One-Step Sampler or a native SVD KSampler."}),
-                "frames_per_chunk": ("INT", {"default": 14, "min": 0, "max": 4096, "tooltip": "Frames decoded together (0: a whole clip). The temporal layers mix frames only inside a chunk; fewer frames use less memory (about 1.2 GB per 1024x576 frame in bf16)."}),
-                "overlap": ("INT", {"default": 0, "min": 0, "max": 4095, "tooltip": "Frames shared by consecutive chunks and cross-faded, to hide seams between chunks. Below frames_per_chunk."}),
-                "frames_per_clip": ("INT", {"default": 0, "min": 0, "max": 4096, "tooltip": "Frames of one clip; a number here wins over what the LATENT says. 0: the count the SFV sampler stored in the LATENT (while native batch nodes have kept it true), else the whole batch as one clip."}),
+                "frames_per_chunk": ("INT", {"default": 14, **limits.DECODE_CHUNK.widget(), "tooltip": "Frames decoded together (0: a whole clip). The temporal layers mix frames only inside a chunk; fewer frames use less memory (about 1.2 GB per 1024x576 frame in bf16)."}),
+                "overlap": ("INT", {"default": 0, **limits.DECODE_OVERLAP.widget(), "tooltip": "Frames shared by consecutive chunks and cross-faded, to hide seams between chunks. Below frames_per_chunk."}),
+                "frames_per_clip": ("INT", {"default": 0, **limits.FRAMES_PER_CLIP.widget(), "tooltip": "Frames of one clip; a number here wins over what the LATENT says. 0: the count the SFV sampler stored in the LATENT (while native batch nodes have kept it true), else the whole batch as one clip."}),
             }
         }
 

@@ -76,18 +76,23 @@ def fill_defaults(args) -> str:
 
 
 def check_settings(args) -> None:
-    """Every number that can be judged alone, before any file is read."""
+    """Every number that can be judged alone (against the shared ranges, sfv_core.limits), before any file is read."""
+    from . import limits
     from .conditioning import check_video_size
     from .decoding import plan_chunks
     from .sampling import sampling_levels, sigma_for_denoise
 
     check_video_size(args.width, args.height, args.frames)
+    limits.check_generation(args.width, args.height, args.frames, args.fps, args.motion_bucket, args.aug)
+    limits.SEED.check(args.seed, "--seed")
+    limits.STEPS.check(args.steps, "--steps")
+    limits.DENOISE.check(args.denoise, "--denoise")
+    limits.DECODE_CHUNK.check(args.decode_chunk, "--decode-chunk")
+    limits.DECODE_OVERLAP.check(args.decode_overlap, "--decode-overlap")
     sampling_levels(args.steps)
     sigma_for_denoise(args.denoise)
     if args.denoise != 1.0 and not args.init_latent:
         raise InputError(f"--denoise {args.denoise} needs a latent clip to start from: add --init-latent FILE, or leave --denoise at 1.0.")
-    if args.decode_chunk < 0 or args.decode_overlap < 0:
-        raise InputError(f"--decode-chunk and --decode-overlap must be 0 or more, got {args.decode_chunk} and {args.decode_overlap}.")
     plan_chunks(args.frames, args.decode_chunk or None, args.decode_overlap)
 
 
@@ -109,7 +114,7 @@ def read_start_images(args):
     from .conditioning import resize_images, to_rgb
     from .video_io import load_image
 
-    images = [to_rgb(load_image(path)) for path in args.image]
+    images = [to_rgb(load_image(path, fit=(args.width, args.height))) for path in args.image]
     if len({tuple(image.shape[1:3]) for image in images}) > 1:
         # Start images of different sizes cannot share a batch: fit each to the output size first.
         images = [resize_images(image, args.width, args.height, args.resize).movedim(1, -1) for image in images]
@@ -134,18 +139,19 @@ def read_init_latent(args, clips: int):
 
 def check_models(args, runtime, clips: int) -> None:
     """From headers only, before any weights are read: the checkpoint is a full model that can
-    run this size, the --sfv-unet file fits it, and the decode fits in memory."""
+    run this size, the --sfv-unet file fits it, and every stage's working memory fits beside
+    the weights still to load (sfv_core.memory)."""
+    from . import memory
     from .checkpoints import check_sfv_unet, inspect_full_model
-    from .decoding import check_decode_fits, decode_bytes
     from .models import check_unet_can_run
 
     base = inspect_full_model(args.checkpoint)
     if args.sfv_unet:
         check_sfv_unet(args.sfv_unet, base)
     check_unet_can_run(base.unet_config, args.width, args.height, args.frames, clips)
-    chunk = min(args.decode_chunk or args.frames, args.frames)
-    per_frame = decode_bytes(base.vae_config["block_out_channels"][0], runtime.vae_dtype, args.height, args.width)
-    check_decode_fits(per_frame, chunk, runtime.device, args.height, args.width)
+    stages = memory.generation_stages(base.unet_config, base.vae_config, runtime.dtype, runtime.vae_dtype, clips, args.frames, args.height, args.width, args.decode_chunk)
+    weights = base.parameter_count * memory.element_bytes(runtime.dtype)
+    memory.check_stages(stages, runtime.device, args.width, args.height, reserved=weights)
 
 
 def describe_run(args, clips: int, defaults_of: str, long_video=None) -> str:
@@ -249,16 +255,35 @@ def _program_name() -> str:
     return name if name in ("sfv", "sfv-core") else "python -m sfv_core"
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """Usage errors as one line naming the problem and where the options are listed."""
+
+    def error(self, message):
+        self.exit(2, f"error: {message} (see {self.prog} --help)\n")
+
+
+def _add_train_missing(subparsers, missing: str) -> None:
+    from .train import EXTRAS_INSTALL
+
+    p = subparsers.add_parser("train", help=f"train an SF-V generator (needs the trainer's extras: {EXTRAS_INSTALL})", add_help=False, allow_abbrev=False)
+    p.add_argument("rest", nargs=argparse.REMAINDER)
+
+    def run(args):
+        raise InputError(f"the trainer needs {missing}, which is not installed: {EXTRAS_INSTALL}")
+
+    p.set_defaults(run=run)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=_program_name(), description="SF-V: one-step image-to-video on SVD-family weights.", allow_abbrev=False)
+    parser = OneLineParser(prog=_program_name(), description="SF-V: one-step image-to-video on SVD-family weights.", allow_abbrev=False)
     subparsers = parser.add_subparsers(dest="command", required=True)
     _add_generate(subparsers)
     _add_tiny_checkpoint(subparsers)
     try:
         from .train.cli import add_train_parser
-    except ImportError:  # the trainer's extra requirements are not installed
-        add_train_parser = None
-    if add_train_parser is not None:
+    except ImportError as error:  # the trainer's extra requirements are not installed
+        _add_train_missing(subparsers, error.name or "its extra requirements")
+    else:
         add_train_parser(subparsers)
     return parser
 

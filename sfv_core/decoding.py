@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import torch
 
+from . import memory
 from .errors import InputError
 
 
@@ -68,45 +69,11 @@ def decode_latents(vae, raw_latents: torch.Tensor, chunk_frames: int | None = No
     return out
 
 
-# Working memory of the temporal decoder per frame, as a multiple of one full-resolution
-# feature map of the first level: measured 2.4 GB per 1024x576 frame in fp32 (128 channels).
-DECODE_WORKSPACE_FACTOR = 8
-
-
 def decode_bytes_per_frame(vae, height: int, width: int) -> int:
-    return decode_bytes(vae.config.block_out_channels[0], next(vae.parameters()).dtype, height, width)
-
-
-def decode_bytes(first_level_width: int, dtype: torch.dtype, height: int, width: int) -> int:
-    """The estimate from the VAE's config alone (known from a checkpoint's header, before loading)."""
-    return DECODE_WORKSPACE_FACTOR * height * width * first_level_width * (torch.finfo(dtype).bits // 8)
-
-
-def free_memory_bytes(device: torch.device) -> int | None:
-    if device.type == "cuda":
-        return torch.cuda.mem_get_info(device)[0]
-    try:
-        with open("/proc/meminfo") as meminfo:
-            for line in meminfo:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return None
+    return memory.decode_bytes(vae.config, next(vae.parameters()).dtype, 1, height, width)
 
 
 def check_decode_memory(vae, chunk_frames: int, height: int, width: int) -> None:
     """Refuse, with the chunk size that fits, a decode that would run out of memory."""
-    check_decode_fits(decode_bytes_per_frame(vae, height, width), chunk_frames, next(vae.parameters()).device, height, width)
-
-
-def check_decode_fits(per_frame: int, chunk_frames: int, device: torch.device, height: int, width: int) -> None:
-    free = free_memory_bytes(device)
-    if free is None or chunk_frames * per_frame <= free:
-        return
-    fits = free // per_frame
-    fix = f"set frames per chunk (--decode-chunk) to {fits} or fewer" if fits >= 1 else "use a smaller size or a device with more memory"
-    raise InputError(
-        f"decoding {chunk_frames} frames of {width}x{height} at once needs about {chunk_frames * per_frame / 2**30:.1f} GiB, "
-        f"but {free / 2**30:.1f} GiB is free on {device}: {fix}."
-    )
+    first = next(vae.parameters())
+    memory.check_stages([memory.decode_stage(vae.config, first.dtype, chunk_frames, height, width)], first.device, width, height)

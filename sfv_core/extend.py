@@ -97,6 +97,8 @@ def clips_for_length(length: int, settings: ExtendSettings) -> int:
     """Clips (the first one included) that make a video of exactly `length` frames."""
     check_settings(settings)
     if length < settings.clip_frames:
+        if length < 1:
+            raise InputError(f"length {length} makes no frames: give a length of at least {settings.clip_frames} (one clip).")
         raise InputError(f"length {length} is shorter than one clip of {settings.clip_frames} frames: set --frames {length} without --length, or a length of at least {settings.clip_frames}.")
     step = settings.new_frames_per_clip
     if (length - settings.clip_frames) % step:

@@ -11,9 +11,21 @@ from dataclasses import dataclass
 
 import torch
 
-from . import conditioning, decoding, sampling
+from . import conditioning, decoding, limits, memory, sampling
+from .errors import InputError
 from .models import SVDModel
 from .runtime import Runtime, place, resolve_runtime
+
+
+def numerical_causes(dtype: torch.dtype) -> str:
+    fix = "fp16 overflows in SVD's networks: use bf16 or fp32 (--dtype / --vae-dtype, or the loader's dtype)" if dtype == torch.float16 else "fp16 is not in use, so fp16 overflow is ruled out"
+    return f"the weights may be damaged (download or convert the checkpoint again), or the input was bad; {fix}"
+
+
+def check_finite(values: torch.Tensor, message: str) -> None:
+    """NaN/Inf would become an all-black clip with no error: stop and name the likely cause."""
+    if not torch.isfinite(values).all():
+        raise InputError(message)
 
 
 @dataclass
@@ -43,17 +55,27 @@ class SFVPipeline:
         cond, resized = conditioning.condition(self.model, images.to(self.runtime.device), **settings)
         return cond.to(self.runtime.device), resized
 
-    def sample(self, cond: sampling.Conditioning, seed: int, steps: int = 1, init_latents: torch.Tensor | None = None, denoise: float = 1.0, callback=None) -> torch.Tensor:
-        """Raw latents (clips, frames, 4, h, w), float32 on the CPU."""
+    def sample(self, cond: sampling.Conditioning, seed: int, steps: int = 1, init_latents: torch.Tensor | None = None, denoise: float = 1.0, callback=None, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Raw latents (clips, frames, 4, h, w), float32 on the CPU. `mask`: re-render only where 1."""
+        limits.SEED.check(seed)
+        limits.DENOISE.check(denoise)
+        if init_latents is not None:
+            check_finite(init_latents, "the input latent holds NaN or infinite values: encode or sample that clip again.")
         init = None if init_latents is None else sampling.to_model_space(init_latents.float())
-        x0 = sampling.sample(self.model.unet, cond, sampling.seeded_generator(seed), steps, init, denoise, callback)
+        clips, frames, _channels, height, width = cond.latent_shape
+        memory.check_model_stages(self.model, clips, frames, height * 8, width * 8, stages=("the UNet pass",))
+        x0 = sampling.sample(self.model.unet, cond, sampling.seeded_generator(seed), steps, init, denoise, callback, mask)
+        check_finite(x0, f"sampling produced NaN or infinite values: {numerical_causes(self.runtime.dtype)}.")
         return sampling.to_raw_latent(x0).cpu()
 
     def decode(self, latents: torch.Tensor, chunk_frames: int | None = None, overlap: int = 0, callback=None) -> torch.Tensor:
+        check_finite(latents, "the latent to decode holds NaN or infinite values: sample or encode that clip again.")
         height, width = latents.shape[-2] * 8, latents.shape[-1] * 8
         chunk = chunk_frames or latents.shape[1]
         decoding.check_decode_memory(self.model.vae, min(chunk, latents.shape[1]), height, width)
-        return decoding.decode_latents(self.model.vae, latents, chunk_frames, overlap, callback)
+        frames = decoding.decode_latents(self.model.vae, latents, chunk_frames, overlap, callback)
+        check_finite(frames, f"VAE decoding produced NaN or infinite values: {numerical_causes(self.runtime.vae_dtype)}.")
+        return frames
 
     def generate(self, images: torch.Tensor, *, seed: int = 0, steps: int = 1, chunk_frames: int | None = None, overlap: int = 0, progress=None, **condition_settings) -> Generation:
         """One clip per start image. `progress(stage, done, total)` reports each stage."""

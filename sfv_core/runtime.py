@@ -30,8 +30,33 @@ def _auto_device() -> torch.device:
     return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
 
 
+def available_devices() -> list[str]:
+    names = ["auto", "cpu"]
+    if torch.cuda.is_available():
+        names += ["cuda"] + [f"cuda:{index}" for index in range(torch.cuda.device_count())]
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        names.append("mps")
+    return names
+
+
+def check_device(name: str | torch.device) -> torch.device:
+    """A device this machine has and sfv_core runs on, or an InputError listing those it has."""
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError, ValueError):
+        device = None
+    usable = device is not None and (
+        device.type == "cpu"
+        or (device.type == "cuda" and torch.cuda.is_available() and (device.index or 0) < torch.cuda.device_count())
+        or (device.type == "mps" and str(name) in available_devices())
+    )
+    if not usable:
+        raise InputError(f"device {str(name)!r} is not available on this machine: use one of {', '.join(available_devices())}.")
+    return device
+
+
 def resolve_runtime(device: str | torch.device = "auto", dtype: str = "auto", vae_dtype: str = "auto", attention: str = "sdpa") -> Runtime:
-    device = _auto_device() if str(device) == "auto" else torch.device(device)
+    device = _auto_device() if str(device) == "auto" else check_device(device)
     for name, value in (("dtype", dtype), ("vae dtype", vae_dtype)):
         if value not in DTYPE_CHOICES:
             raise InputError(f"{name} must be one of {DTYPE_CHOICES}, got {value!r}.")

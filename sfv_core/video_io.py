@@ -14,28 +14,67 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .errors import InputError
-from .files import atomic_path
+from .errors import InputError, OutputError
+from .files import atomic_folder, atomic_path
 
 VIDEO_SUFFIXES = (".webp", ".gif", ".mp4")
 
 
-def load_image(path: str | os.PathLike) -> torch.Tensor:
-    """An image file -> (1, H, W, C) float in [0, 1]; C is 1 (grey), 2 (grey+alpha), 3 or 4 (RGBA)."""
-    from PIL import Image, UnidentifiedImageError
+SIXTEEN_BIT_MODES = ("I", "I;16", "I;16B", "I;16L", "I;16N")  # 16-bit grey PNG/TIFF; ComfyUI rescales mode I too
+
+
+def _pixels(image) -> np.ndarray:
+    """A Pillow image of any mode -> float32 (H, W, C) in [0, 1]; C is 1, 2, 3 or 4."""
+    from PIL import ImageCms
+
+    if image.mode in SIXTEEN_BIT_MODES:
+        return np.clip(np.asarray(image, dtype=np.float32) / 65535.0, 0.0, 1.0)
+    if image.mode == "F":  # Pillow's scale for float images: 0..255, as its own convert("L") reads them
+        return np.clip(np.asarray(image, dtype=np.float32) / 255.0, 0.0, 1.0)
+    if image.mode == "LAB":  # Pillow's convert would copy L, a, b into R, G, B
+        image = ImageCms.profileToProfile(image, ImageCms.createProfile("LAB"), ImageCms.createProfile("sRGB"), outputMode="RGB")
+    elif image.mode in ("P", "PA"):
+        image = image.convert("RGBA" if image.mode == "PA" or "transparency" in image.info else "RGB")
+    elif image.mode not in ("L", "LA", "RGB", "RGBA"):
+        alpha = any(band in ("A", "a") for band in image.getbands())
+        image = image.convert("RGBA" if alpha else ("L" if len(image.getbands()) == 1 else "RGB"))
+    return np.asarray(image, dtype=np.float32) / 255.0
+
+
+def _shrink(image, fit: tuple[int, int]):
+    """Reduce by a whole factor while keeping at least twice `fit` (width, height) on both sides.
+
+    The antialiased resize to `fit` that follows sees the same detail, and a huge image never
+    reaches float32 at full size."""
+    factor = min(image.width // (2 * fit[0]), image.height // (2 * fit[1]))
+    return image.reduce(factor) if factor >= 2 else image
+
+
+def load_image(path: str | os.PathLike, fit: tuple[int, int] | None = None) -> torch.Tensor:
+    """An image file -> (1, H, W, C) float in [0, 1]; C is 1 (grey), 2 (grey+alpha), 3 or 4 (RGBA).
+
+    EXIF orientation is applied (as ComfyUI's LoadImage does). With `fit` (the output's width,
+    height) a large image is reduced as it is read (JPEG: decoded at a lower scale)."""
+    from PIL import Image, ImageOps, UnidentifiedImageError
 
     path = Path(path)
     if not path.is_file():
-        raise InputError(f"start image {path} does not exist: check the --image path.")
+        what = "is a folder" if path.is_dir() else "does not exist"
+        raise InputError(f"start image {path} {what}: check the --image path.")
     try:
         with Image.open(path) as image:
-            image.load()
-            if image.mode == "P":
-                image = image.convert("RGBA" if "transparency" in image.info else "RGB")
-            elif image.mode not in ("L", "LA", "RGB", "RGBA"):
-                image = image.convert("RGBA" if "A" in image.getbands() else ("L" if len(image.getbands()) == 1 else "RGB"))
-            pixels = np.asarray(image, dtype=np.float32) / 255.0
-    except (UnidentifiedImageError, OSError) as error:
+            if fit is not None and image.format == "JPEG":
+                side = 2 * max(fit)  # before the EXIF rotation, so room for either orientation
+                image.draft(image.mode, (side, side))
+            image = ImageOps.exif_transpose(image)
+            if fit is not None:
+                image = _shrink(image, fit)
+            pixels = _pixels(image)
+    except Image.DecompressionBombError as error:
+        raise InputError(f"{path} is too large to read safely ({error}): downscale it first.") from None
+    except PermissionError:
+        raise InputError(f"cannot read {path}: permission denied; make it readable or copy it somewhere readable.") from None
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as error:
         raise InputError(f"cannot read {path} as an image ({error}): use a PNG, JPEG or WebP file.") from None
     if pixels.ndim == 2:
         pixels = pixels[..., None]
@@ -46,15 +85,31 @@ def _to_uint8(frames: torch.Tensor) -> np.ndarray:
     return (frames.clamp(0, 1) * 255.0).round().to(torch.uint8).cpu().numpy()
 
 
+FRAME_NAME = "frame_{:05d}.png"
+
+
+def _check_frame_folder(folder: Path) -> None:
+    """A PNG-frame output replaces its folder whole: refuse a folder that holds anything else."""
+    if folder.exists() and not folder.is_dir():
+        raise OutputError(f"{folder} is a file: PNG frames need a folder name (or use .webp, .gif, .mp4).")
+    if not folder.is_dir():
+        return
+    others = [p.name for p in folder.iterdir() if not (p.name.startswith("frame_") and p.suffix == ".png" and p.is_file())]
+    if others:
+        raise OutputError(f"{folder} is a folder that holds other files ({', '.join(sorted(others)[:3])}): PNG frames replace the whole folder, so give a new or empty folder name.")
+
+
 def check_output_path(path: str | os.PathLike, width: int | None = None, height: int | None = None) -> None:
     """Refuse an output we cannot write (its type; an odd size for mp4) before any work is done."""
     suffix = Path(path).suffix.lower()
     if suffix and suffix not in VIDEO_SUFFIXES:
         raise InputError(f"unknown output type {suffix!r}: use .webp, .gif, .mp4, or a folder name for PNG frames.")
     if suffix and Path(path).is_dir():
-        raise InputError(f"{path} is a folder, so a {suffix} file cannot be written there: choose another output name.")
+        raise OutputError(f"{path} is a folder, so a {suffix} file cannot be written there: choose another output name.")
     if not suffix and Path(path).is_file():
-        raise InputError(f"{path} is a file, so PNG frames cannot go in it as a folder: choose another output name, or add .webp, .gif or .mp4.")
+        raise OutputError(f"{path} is a file, so PNG frames cannot go in it as a folder: choose another output name, or add .webp, .gif or .mp4.")
+    if not suffix:
+        _check_frame_folder(Path(path))
     if suffix == ".mp4":
         _check_mp4_size(width or 0, height or 0)
 
@@ -120,7 +175,8 @@ class _Gif:
 
 
 class _PngFolder:
-    """One PNG per frame, each written atomically as it comes."""
+    """One PNG per frame, written as it comes into the temporary folder that `atomic_folder`
+    swaps in whole at the end (no stale extra frames, no mix of two clips)."""
 
     def __init__(self, folder: Path):
         self.folder, self.count = folder, 0
@@ -129,8 +185,7 @@ class _PngFolder:
         from PIL import Image
 
         for frame in pixels:
-            with atomic_path(self.folder / f"frame_{self.count:05d}.png") as temporary:
-                Image.fromarray(frame).save(temporary, format="PNG")
+            Image.fromarray(frame).save(self.folder / FRAME_NAME.format(self.count), format="PNG")
             self.count += 1
 
 
@@ -155,7 +210,8 @@ def open_video(path: str | os.PathLike, fps: float):
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix not in VIDEO_SUFFIXES:
-        yield VideoWriter(_PngFolder(path))
+        with atomic_folder(path) as temporary:
+            yield VideoWriter(_PngFolder(temporary))
         return
     with atomic_path(path) as temporary:
         target = _Gif(temporary, fps) if suffix == ".gif" else _EncodedVideo(temporary, fps, suffix)
@@ -187,7 +243,7 @@ def save_latent(latents: torch.Tensor, path: str | os.PathLike) -> Path:
     The tensor is stored as (clips * frames, 4, h, w) under `latent_tensor` with the
     `latent_format_version_0` marker, so ComfyUI's LoadLatent reads it as it is.
     """
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     path = Path(path)
     clips, frames = latents.shape[:2]
@@ -195,8 +251,9 @@ def save_latent(latents: torch.Tensor, path: str | os.PathLike) -> Path:
         "latent_tensor": latents.reshape(clips * frames, *latents.shape[2:]).float().contiguous(),
         "latent_format_version_0": torch.tensor([]),
     }
+    data = save(tensors, metadata={"clips": str(clips), "frames": str(frames)})
     with atomic_path(path) as temporary:
-        save_file(tensors, str(temporary), metadata={"clips": str(clips), "frames": str(frames)})
+        temporary.write_bytes(data)  # written by Python, so a full disk is an OSError like every output's
     return path
 
 
@@ -217,6 +274,8 @@ def load_latent(path: str | os.PathLike, frames: int | None = None) -> torch.Ten
                 flat = flat / 0.18215  # ComfyUI's oldest .latent files stored scaled latents
     except SafetensorError as error:
         raise InputError(f"cannot read {path} as safetensors ({error}).") from None
+    if not torch.isfinite(flat).all():
+        raise InputError(f"{path} holds NaN or infinite values: it is damaged; sample or encode that clip again.")
     frames = frames or int(metadata.get("frames", flat.shape[0]))
     if flat.ndim != 4 or flat.shape[0] % frames:
         raise InputError(f"latent of shape {tuple(flat.shape)} does not split into clips of {frames} frames.")

@@ -80,6 +80,8 @@ def test_cross_fades(pipe):
         (dict(), lambda s: extend.clips_for_new_frames(5, s), "5 new frames cannot be made.*adds 2. Use 4 \\(2 clips\\) or 6 \\(3 clips\\)"),
         (dict(), lambda s: extend.clips_for_length(9, s), "length 9 cannot be made.*use --length 8 or 10"),
         (dict(), lambda s: extend.clips_for_length(3, s), "length 3 is shorter than one clip of 4 frames"),
+        (dict(), lambda s: extend.clips_for_length(0, s), "length 0 makes no frames"),
+        (dict(), lambda s: extend.clips_for_length(-5, s), "length -5 makes no frames"),
         (dict(crossfade="both"), lambda s: extend.clips_for_length(8, s), "crossfade must be one of"),
     ],
 )

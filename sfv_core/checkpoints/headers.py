@@ -118,37 +118,67 @@ def read_safetensors_header(path) -> Weights:
     try:
         header = json.loads(raw_header)
     except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise CheckpointError(f"{path} is not a valid safetensors file (unreadable header: {error}). Download it again.") from error
+        raise CheckpointError(f"{path} is not a valid safetensors file (unreadable header: {error}). Download it again.") from None
+    except RecursionError:
+        raise CheckpointError(f"{path} is not a valid safetensors file (its header is nested too deeply to be a table of tensors). Download it again.") from None
     if not isinstance(header, dict):
         raise CheckpointError(f"{path} is not a valid safetensors file (its header is not a table of tensors).")
     header.pop("__metadata__", None)
-    entries, data_end = {}, 0
-    for key, info in header.items():
-        try:
-            dtype = _SAFETENSORS_DTYPES[info["dtype"]]
-            shape = tuple(int(dim) for dim in info["shape"])
-            begin, end = (int(offset) for offset in info["data_offsets"])
-        except (KeyError, TypeError, ValueError) as error:
-            raise CheckpointError(f"{path} has a damaged or unsupported header entry for {key!r}: {info!r}. Download it again.") from error
-        if end - begin != math.prod(shape) * dtype.itemsize:
-            raise CheckpointError(f"{path} has a damaged header: tensor {key!r} of shape {shape} does not fit its data offsets. Download it again.")
-        entries[key] = TensorEntry(dtype, shape, 8 + header_bytes + begin)
-        data_end = max(data_end, end)
-    needed = 8 + header_bytes + data_end
+    entries = _entries(path, header, 8 + header_bytes, size)
+    return Weights(str(path), entries, {key: path for key in entries})
+
+
+def _whole(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _entry(path: Path, key: str, info) -> tuple[torch.dtype, tuple[int, ...], int, int]:
+    """(dtype, shape, begin, end) of one header entry, as strictly as the safetensors library reads it."""
+    damaged = f"{path} has a damaged header entry for {key!r}: {str(info)[:200]}"
+    if not isinstance(info, dict) or not isinstance(info.get("dtype"), str) or not isinstance(info.get("shape"), list) or not isinstance(info.get("data_offsets"), list):
+        raise CheckpointError(f"{damaged} (expected dtype, shape and data_offsets). Download it again.")
+    if info["dtype"] not in _SAFETENSORS_DTYPES:
+        raise CheckpointError(f"{damaged} (unsupported dtype {info['dtype']!r}; supported: {', '.join(_SAFETENSORS_DTYPES)}).")
+    shape, offsets = info["shape"], info["data_offsets"]
+    if not all(_whole(dim) and dim >= 0 for dim in shape):
+        raise CheckpointError(f"{damaged} (dimensions must be whole numbers >= 0). Download it again.")
+    if len(offsets) != 2 or not all(_whole(offset) for offset in offsets) or not 0 <= offsets[0] <= offsets[1]:
+        raise CheckpointError(f"{damaged} (data_offsets must be two whole numbers 0 <= begin <= end). Download it again.")
+    dtype = _SAFETENSORS_DTYPES[info["dtype"]]
+    if offsets[1] - offsets[0] != math.prod(shape) * dtype.itemsize:
+        raise CheckpointError(f"{path} has a damaged header: tensor {key!r} of shape {tuple(shape)} does not fit its data offsets. Download it again.")
+    return dtype, tuple(shape), offsets[0], offsets[1]
+
+
+def _entries(path: Path, header: dict, data_start: int, size: int) -> dict[str, TensorEntry]:
+    """The tensors of a header whose data ranges are sorted, contiguous and cover the data exactly
+    (what the safetensors library requires): header bytes or another tensor's bytes are never read as weights."""
+    parsed = {key: _entry(path, key, info) for key, info in header.items()}
+    position = 0
+    for key, (_dtype, _shape, begin, end) in sorted(parsed.items(), key=lambda item: (item[1][2], item[1][3])):
+        if begin != position:
+            what = "overlaps another tensor's bytes" if begin < position else f"leaves a gap of {begin - position} bytes before it"
+            raise CheckpointError(f"{path} has a damaged header: tensor {key!r} {what} (data_offsets must be contiguous). Download it again.")
+        position = end
+    needed = data_start + position
     if needed > size:
         raise CheckpointError(
             f"{path} is truncated: its header says the tensor data runs to {needed} bytes but the file has only {size} bytes "
             f"({100 * size / needed:.1f}%). An incomplete download or copy: download it again."
         )
-    return Weights(str(path), entries, {key: path for key in entries})
+    if needed < size:
+        raise CheckpointError(f"{path} has {size - needed} bytes after the tensor data its header lists: the file is damaged or not one safetensors file. Download it again.")
+    return {key: TensorEntry(dtype, shape, data_start + begin) for key, (dtype, shape, begin, _end) in parsed.items()}
 
 
 def _read_sharded(index_path: Path) -> Weights:
     """A part split over several files, listed by a `*.safetensors.index.json`."""
     try:
         weight_map = json.loads(index_path.read_text())["weight_map"]
-    except (OSError, ValueError, KeyError) as error:
-        raise CheckpointError(f"{index_path} is not a valid safetensors index ({error}).") from error
+    except (OSError, ValueError, KeyError, TypeError, RecursionError) as error:
+        raise CheckpointError(f"{index_path} is not a valid safetensors index ({type(error).__name__}: {error}).") from None
+    if not isinstance(weight_map, dict) or not all(isinstance(v, str) and v and "/" not in v and "\\" not in v for v in weight_map.values()):
+        raise CheckpointError(f"{index_path} is not a valid safetensors index: weight_map must map tensor names to shard file names in its folder.")
     entries, files = {}, {}
     for shard_name in sorted(set(weight_map.values())):
         shard = read_safetensors_header(index_path.parent / shard_name)

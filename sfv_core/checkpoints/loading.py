@@ -21,7 +21,7 @@ from .headers import PICKLE_SUFFIXES, TensorEntry, Weights, _existing_path, _rea
 from .identify import _any_startswith, _examples, detect
 from .layout import _COND_ENCODER, _DIFFUSERS_PARTS, _NATIVE_ENCODER, _NATIVE_ENCODER_FOLDER, _SINGLE_FILE_ROOTS
 from .shapes import infer_configs, infer_unet_config_diffusers, infer_unet_config_sgm
-from .strict import _check, _empty, _fill, _identity_quant_conv, _ignored_note, _load_parts, _Part, _read_state
+from .strict import _check, _empty, _fill, _identity_quant_conv, _ignored_note, _load_parts, _Part, _read_state, names_the_damage
 
 # ---------------------------------------------------------------------------------------------
 # The single file
@@ -99,11 +99,14 @@ def _part_weights(folder: Path, stem: str) -> Weights:
 def _part_config(folder: Path) -> dict:
     path = folder / "config.json"
     try:
-        return json.loads(path.read_text())
+        config = json.loads(path.read_text())
     except FileNotFoundError:
         raise CheckpointError(f"{path} is missing: each part of a diffusers folder needs its config.json.") from None
-    except (OSError, ValueError) as error:
-        raise CheckpointError(f"{path} is not valid JSON ({error}).") from error
+    except (OSError, ValueError, RecursionError) as error:
+        raise CheckpointError(f"{path} is not valid JSON ({error}).") from None
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{path} holds a JSON {type(config).__name__}, not a config object: the folder is damaged.")
+    return config
 
 
 def _constructor_args(cls, config: Mapping) -> dict:
@@ -204,6 +207,7 @@ def _infer_unet(weights: Weights, layout: str, root: str) -> dict:
     return infer_unet_config_sgm(weights.entries, root) if layout == "sgm" else infer_unet_config_diffusers(weights.entries)
 
 
+@names_the_damage
 def inspect_checkpoint(path) -> CheckpointInfo:
     """Kind, size, dtypes and model configs of a single file, diffusers folder or SF-V UNet file."""
     path = _existing_path(path)
@@ -225,6 +229,7 @@ def inspect_checkpoint(path) -> CheckpointInfo:
                           ignored_keys=tuple(sorted(k for k in weights.entries if not k.startswith(_SINGLE_FILE_ROOTS))))
 
 
+@names_the_damage
 def load_model(path, dtype: torch.dtype = torch.float32, device="cpu") -> SVDModel:
     """An SVD-family model from a single file or a diffusers folder, in `dtype` on `device`,
     in eval mode with gradients off."""
@@ -288,6 +293,7 @@ def check_sfv_unet(path, base: CheckpointInfo) -> None:
     _unet_weights(path, base.unet_config, base.path)
 
 
+@names_the_damage
 def load_sfv_unet(path, base: SVDModel, dtype: torch.dtype | None = None, device=None) -> SVDModel:
     """`base` with its UNet replaced by the UNet in `path` (diffusers or SGM names, with or
     without the `model.diffusion_model.` prefix; a full single file also works). The new UNet

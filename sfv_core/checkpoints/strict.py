@@ -4,6 +4,7 @@ header before any tensor is read, then tensors read one at a time into the targe
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable, Iterable
 
 import torch
@@ -43,9 +44,10 @@ def _listing(title: str, names: list[str]) -> str:
 def _check(parts: list[_Part], weights: Weights, owned_roots: tuple[str, ...], what: str) -> None:
     """Every expected tensor present with its shape, and nothing unknown under `owned_roots`;
     decided from the header before any data is read. Names are the file's names."""
-    missing, wrong_shape, consumed = [], [], set()
+    missing, wrong_shape, wrong_dtype, consumed = [], [], [], set()
     for part in parts:
-        shapes = {key: tuple(tensor.shape) for key, tensor in part.module.state_dict().items()}
+        expected = part.module.state_dict()
+        shapes = {key: tuple(tensor.shape) for key, tensor in expected.items()}
         for our_key, source in part.read_map().items():
             if source.key in consumed:
                 continue  # the other slots of a stacked tensor
@@ -56,10 +58,14 @@ def _check(parts: list[_Part], weights: Weights, owned_roots: tuple[str, ...], w
                 missing.append(source.key)
             elif entry.shape not in allowed:
                 wrong_shape.append(f"{source.key}: file {list(entry.shape)}, expected {list(allowed[0])}")
+            elif expected[our_key].is_floating_point() and not entry.dtype.is_floating_point:
+                # Integers would be cast to floats silently: weights quantised or damaged, never SVD's.
+                wrong_dtype.append(f"{source.key}: file {str(entry.dtype).removeprefix('torch.')}, expected a float dtype")
     unexpected = sorted(key for key in weights.entries if key.startswith(owned_roots) and key not in consumed)
-    if missing or unexpected or wrong_shape:
+    if missing or unexpected or wrong_shape or wrong_dtype:
         message = f"{weights.label} does not match {what}."
-        for title, names in (("missing tensors", sorted(missing)), ("unexpected tensors", unexpected), ("tensors with the wrong shape", wrong_shape)):
+        listed = (("missing tensors", sorted(missing)), ("unexpected tensors", unexpected), ("tensors with the wrong shape", wrong_shape), ("float weights stored as integers", wrong_dtype))
+        for title, names in listed:
             if names:
                 message += _listing(title, names)
         raise CheckpointError(message + "\nThe file may be damaged or a variant this loader does not know.")
@@ -120,3 +126,36 @@ def _identity_quant_conv(vae_config: dict) -> dict[str, torch.Tensor]:
     output is already what SVD's first stage samples from (it has no quant_conv)."""
     channels = 2 * vae_config["latent_channels"]
     return {"quant_conv.weight": torch.eye(channels)[:, :, None, None], "quant_conv.bias": torch.zeros(channels)}
+
+
+def _damage_errors() -> tuple[type[BaseException], ...]:
+    """What shape inference and the constructors raise on configs no SVD model has."""
+    errors = (ValueError, IndexError, TypeError, KeyError, AttributeError, ZeroDivisionError, AssertionError, RecursionError)
+    try:  # diffusers / transformers validate configs with huggingface_hub's strict dataclasses
+        from huggingface_hub.errors import StrictDataclassError
+    except ImportError:
+        return errors
+    return (*errors, StrictDataclassError)
+
+
+def names_the_damage(function):
+    """A reader of checkpoint `path`: shapes or configs that describe no SVD-family model fail
+    deep inside shape inference or a diffusers constructor, and unreadable files as OSErrors;
+    each becomes a CheckpointError naming the file."""
+
+    @functools.wraps(function)
+    def read(path, *args, **kwargs):
+        try:
+            return function(path, *args, **kwargs)
+        except CheckpointError as error:
+            if str(path) in str(error):
+                raise
+            raise CheckpointError(f"{path}: {error}") from None
+        except _damage_errors() as error:
+            raise CheckpointError(
+                f"{path} looks damaged: its tensor shapes or config describe no SVD-family model ({type(error).__name__}: {error}). Download or convert it again."
+            ) from None
+        except OSError as error:
+            raise CheckpointError(f"cannot read {error.filename or path}: {error.strerror or error}; check that it is a readable file.") from None
+
+    return read

@@ -39,12 +39,23 @@ def add_train_parser(subparsers) -> argparse.ArgumentParser:
     return p
 
 
-def run_train(args) -> None:
+def require_extras() -> None:
+    """The trainer's extra requirements, or one line saying how to install them."""
+    from ..errors import InputError
+    from . import EXTRAS_INSTALL
 
+    try:
+        import accelerate  # noqa: F401
+    except ImportError as error:
+        raise InputError(f"the trainer needs {error.name}, which is not installed: {EXTRAS_INSTALL}") from None
+
+
+def run_train(args) -> None:
     config = load_config(args.config, args.overrides)
     if args.print_config:
         print(to_yaml(config))
         return
+    require_extras()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     from .trainer import Trainer
 

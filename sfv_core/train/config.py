@@ -9,12 +9,14 @@ paper's recipe (SF-V, Zhang et al. 2024) where it states one; the rest are marke
 from __future__ import annotations
 
 import dataclasses
+import math
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
 
+from .. import limits
 from ..errors import InputError
 from ..sampling import SFV_TRAINING_LEVELS
 
@@ -136,7 +138,29 @@ class TrainConfig:
     run: RunConfig = field(default_factory=RunConfig)
 
     def validate(self) -> "TrainConfig":
+        for section_name in sections():
+            section = getattr(self, section_name)
+            for f in dataclasses.fields(section):
+                value = getattr(section, f.name)
+                if isinstance(value, float) and not math.isfinite(value):
+                    raise InputError(f"config field {section_name}.{f.name} must be a finite number, got {value}")
+        d, o, r = self.data, self.optim, self.run
+        ranged = [
+            (limits.CLIP_WIDTH, d.width, "data.width"), (limits.CLIP_HEIGHT, d.height, "data.height"), (limits.FRAMES, d.num_frames, "data.num_frames"),
+            (limits.FPS, d.fps, "data.fps"), (limits.MOTION_BUCKET, d.motion_bucket_id, "data.motion_bucket_id"),
+            (limits.AUGMENTATION, d.augmentation, "data.augmentation"), (limits.SEED, r.seed, "run.seed"),
+        ]
+        for limit, value, name in ranged:
+            limit.check(value, name)
         checks = [
+            (r.steps >= 1, f"run.steps must be at least 1, got {r.steps} (0 would export the untrained UNet)"),
+            (0.0 <= o.ema_decay <= 1.0, f"optim.ema_decay must be between 0 and 1, got {o.ema_decay}"),
+            (r.checkpoint_every >= 1 and r.log_every >= 1, "run.checkpoint_every and run.log_every must be at least 1 (steps between saves / log lines)"),
+            (r.keep_checkpoints >= 1 and r.preview_every >= 0, "run.keep_checkpoints must be at least 1 and run.preview_every at least 0"),
+            (o.lr_generator >= 0 and o.lr_discriminator >= 0 and o.weight_decay >= 0 and o.grad_clip >= 0, "optim learning rates, weight_decay and grad_clip must be >= 0"),
+            (0.0 <= o.beta1 < 1.0 and 0.0 <= o.beta2 < 1.0, "optim.beta1 and optim.beta2 must be in [0, 1)"),
+            (d.num_workers >= 0 and d.cache_clips_per_video >= 1 and d.cache_shard_size >= 1, "data.num_workers must be >= 0, cache_clips_per_video and cache_shard_size >= 1"),
+            (self.loss.disc_levels >= 2 and self.loss.disc_p_std > 0 and self.loss.edm_p_std > 0 and self.loss.huber_c > 0, "loss.disc_levels must be >= 2, and disc_p_std, edm_p_std and huber_c > 0"),
             (self.loss.mode in LOSS_MODES, f"loss.mode must be one of {LOSS_MODES}"),
             (bool(self.loss.generator_levels) and all(isinstance(s, (int, float)) and s > 0 for s in self.loss.generator_levels), "loss.generator_levels must be a list of positive noise levels"),
             (self.loss.r1_mode in R1_MODES, f"loss.r1_mode must be one of {R1_MODES}"),
@@ -239,9 +263,32 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     """Defaults, then the YAML file, then `--set` overrides."""
     config = TrainConfig()
     if path:
-        text = Path(path).read_text(encoding="utf-8")
-        apply_values(config, yaml.safe_load(text) or {}, str(path))
+        apply_values(config, read_yaml(Path(path)), str(path))
     return apply_values(config, parse_overrides(overrides or []), "--set")
+
+
+def read_yaml(path: Path) -> dict:
+    """A config file's mapping; plain YAML only (safe_load: no Python tags)."""
+    try:
+        values = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise InputError(f"config file {path} does not exist: check --config (configs/train_sfv.yaml is the template)") from None
+    except IsADirectoryError:
+        raise InputError(f"config {path} is a folder: --config takes a YAML file") from None
+    except UnicodeDecodeError:
+        raise InputError(f"config file {path} is not text: --config takes a YAML file") from None
+    except OSError as error:
+        raise InputError(f"cannot read config file {path} ({error.strerror}): check its permissions") from None
+    except yaml.YAMLError as error:
+        where = getattr(error, "problem_mark", None)
+        line = f" at line {where.line + 1}" if where else ""
+        problem = getattr(error, "problem", None) or type(error).__name__
+        raise InputError(f"config file {path} is not plain YAML{line} ({problem}): write sections of field: value (no Python tags)") from None
+    if values is None:
+        return {}
+    if not isinstance(values, dict):
+        raise InputError(f"config file {path} holds a {type(values).__name__}, not a mapping: write sections of field: value (see configs/train_sfv.yaml)")
+    return values
 
 
 def help_text() -> str:
