@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from pathlib import Path
 
@@ -21,7 +22,7 @@ SVD_DEFAULTS = dict(image=[str(DEMO_IMAGE)], width=1024, height=576, frames=14)
 
 def _add_generate(subparsers) -> None:
     from .conditioning import RESIZE_MODES, VARIANTS
-    from .runtime import ATTENTION_CHOICES, DTYPE_CHOICES
+    from .runtime import ATTENTION_CHOICES, COMPILE_CHOICES, DTYPE_CHOICES
     from .sampling import MAX_STEPS
 
     p = subparsers.add_parser("generate", help="image -> video in one UNet pass", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -46,6 +47,8 @@ def _add_generate(subparsers) -> None:
     p.add_argument("--dtype", choices=DTYPE_CHOICES, default="auto")
     p.add_argument("--vae-dtype", choices=DTYPE_CHOICES, default="auto")
     p.add_argument("--attention", choices=ATTENTION_CHOICES, default="sdpa")
+    p.add_argument("--compile", choices=COMPILE_CHOICES, default="auto",
+                   help="torch.compile the UNet and the decoder (static shapes, compiled once per size); auto: default on CUDA, off on the CPU")
     p.add_argument("--out", default="outputs/clip.webp", help=".webp, .gif, .mp4, or a folder for PNG frames")
     p.add_argument("--save-latent", help="also write the sampled raw latent (frames x 4 x h x w) as safetensors")
     p.set_defaults(run=run_generate)
@@ -79,7 +82,7 @@ def run_generate(args) -> None:
         # Start images of different sizes cannot share a batch: fit each to the output size first.
         images = [resize_images(image, args.width, args.height, args.resize).movedim(1, -1) for image in images]
     images = torch.cat(images)
-    pipe = SFVPipeline.from_files(args.checkpoint, args.sfv_unet, args.device, args.dtype, args.vae_dtype, args.attention)
+    pipe = SFVPipeline.from_files(args.checkpoint, args.sfv_unet, args.device, args.dtype, args.vae_dtype, args.attention, args.compile)
     settings = dict(width=args.width, height=args.height, num_frames=args.frames, fps=args.fps, motion_bucket_id=args.motion_bucket, augmentation=args.aug, variant=args.preprocess, resize=args.resize)
     cond, _ = pipe.condition(images, **settings)
     init = load_latent(args.init_latent, args.frames) if args.init_latent else None
@@ -122,8 +125,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _StderrHandler(logging.Handler):
+    """Writes to whatever sys.stderr is at the time (a handler holding the stream would not follow a redirect)."""
+
+    def emit(self, record) -> None:
+        print(self.format(record), file=sys.stderr)
+
+
+def _log_to_stderr() -> None:
+    """sfv_core's log (what the run uses, fallbacks, fp32 redos) on stderr, once."""
+    logger = logging.getLogger("sfv")
+    if not any(isinstance(handler, _StderrHandler) for handler in logger.handlers):
+        logger.addHandler(_StderrHandler())
+        logger.setLevel(logging.INFO)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    _log_to_stderr()
     try:
         args.run(args)
     except SFVError as error:

@@ -8,10 +8,12 @@ float32 on the CPU, like ComfyUI's LATENT with the clips split out.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import torch
 
 from . import conditioning, decoding, sampling
+from .acceleration import FastPath
 from .models import SVDModel
 from .runtime import Runtime, place, resolve_runtime
 
@@ -29,14 +31,19 @@ class SFVPipeline:
         self.model = place(model, self.runtime)
 
     @classmethod
-    def from_files(cls, checkpoint: str, sfv_unet: str | None = None, device="auto", dtype="auto", vae_dtype="auto", attention="sdpa") -> "SFVPipeline":
+    def from_files(cls, checkpoint: str, sfv_unet: str | None = None, device="auto", dtype="auto", vae_dtype="auto", attention="sdpa", compile="auto") -> "SFVPipeline":
         from .checkpoints import load_model, load_sfv_unet
 
-        runtime = resolve_runtime(device, dtype, vae_dtype, attention)
+        runtime = resolve_runtime(device, dtype, vae_dtype, attention, compile)
         model = load_model(checkpoint, dtype=runtime.dtype, device=runtime.device)
         if sfv_unet:
             model = load_sfv_unet(sfv_unet, model, dtype=runtime.dtype, device=runtime.device)
         return cls(model, runtime)
+
+    @cached_property
+    def fast(self) -> FastPath:
+        """Compiled / graphed calls, made on first use: by then the weights are where they compute."""
+        return FastPath(self.model, self.runtime)
 
     def condition(self, images: torch.Tensor, **settings) -> tuple[sampling.Conditioning, torch.Tensor]:
         """Start images (B, H, W, C) in [0, 1] -> conditioning on the device, resized images."""
@@ -46,14 +53,14 @@ class SFVPipeline:
     def sample(self, cond: sampling.Conditioning, seed: int, steps: int = 1, init_latents: torch.Tensor | None = None, denoise: float = 1.0, callback=None) -> torch.Tensor:
         """Raw latents (clips, frames, 4, h, w), float32 on the CPU."""
         init = None if init_latents is None else sampling.to_model_space(init_latents.float())
-        x0 = sampling.sample(self.model.unet, cond, sampling.seeded_generator(seed), steps, init, denoise, callback)
+        x0 = sampling.sample(self.fast.unet, cond, sampling.seeded_generator(seed), steps, init, denoise, callback)
         return sampling.to_raw_latent(x0).cpu()
 
     def decode(self, latents: torch.Tensor, chunk_frames: int | None = None, overlap: int = 0, callback=None) -> torch.Tensor:
         height, width = latents.shape[-2] * 8, latents.shape[-1] * 8
         chunk = chunk_frames or latents.shape[1]
         decoding.check_decode_memory(self.model.vae, min(chunk, latents.shape[1]), height, width)
-        return decoding.decode_latents(self.model.vae, latents, chunk_frames, overlap, callback)
+        return decoding.decode_latents(self.model.vae, latents, chunk_frames, overlap, callback, self.fast.decoder)
 
     def generate(self, images: torch.Tensor, *, seed: int = 0, steps: int = 1, chunk_frames: int | None = None, overlap: int = 0, progress=None, **condition_settings) -> Generation:
         """One clip per start image. `progress(stage, done, total)` reports each stage."""
