@@ -1,6 +1,6 @@
 """Key mapping between our models (diffusers / transformers names) and the original SVD file.
 
-Pure functions on names, shapes and tensors: no file I/O (that is `checkpoints.py`).
+Pure functions on names, shapes and tensors: no file I/O (that is `checkpoints/`).
 
 A `KeyMap` says, for every key of one of our modules, where its tensor lives in the original
 single file (Stability's SGM layout, the `svd.safetensors` ComfyUI users keep) and how it is

@@ -2,7 +2,7 @@
 
 Configs are explicit data (dicts of constructor arguments for diffusers' and transformers'
 classes); models are built from them and weights are loaded strictly elsewhere
-(`checkpoints.py`). The full-size numbers are SVD img2vid's; `TINY` is the same
+(`checkpoints/`). The full-size numbers are SVD img2vid's; `TINY` is the same
 architecture at small widths, used by the tests and benchmarks (the bundled demo model is `toy.experiment.TOY_CONFIGS`).
 """
 

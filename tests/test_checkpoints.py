@@ -420,7 +420,7 @@ def test_writes_are_atomic(tiny, tmp_path, monkeypatch):
             handle.write(b"half a file")
         raise OSError("disk full")
 
-    monkeypatch.setattr(ck, "save_file", crash_midway)
+    monkeypatch.setattr(ck.writing, "save_file", crash_midway)
     with pytest.raises(OSError, match="disk full"):
         ck.save_single_file(tiny, target)
     assert target.read_bytes() == before

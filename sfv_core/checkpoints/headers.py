@@ -1,0 +1,157 @@
+"""Reading safetensors headers and tensors: a file is validated from its header and size
+before any tensor is read; pickles are refused without being opened as pickles."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
+
+import torch
+
+from ..errors import CheckpointError
+
+PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin", ".pkl", ".pickle")
+_SAFETENSORS_DTYPES = {
+    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+    "BOOL": torch.bool, "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2,
+}
+_MAX_HEADER_BYTES = 100 << 20  # safetensors' own limit; a larger "length" means not safetensors
+
+
+@dataclasses.dataclass(frozen=True)
+class TensorEntry:
+    dtype: torch.dtype
+    shape: tuple[int, ...]
+    offset: int = 0  # where its bytes start in its file
+
+
+@dataclasses.dataclass
+class Weights:
+    """The tensors of one or more safetensors files, known from their headers only."""
+
+    label: str  # how messages name it: a path
+    entries: dict[str, TensorEntry]
+    files: dict[str, Path]  # key -> the file holding it (several files: a sharded part)
+
+    @contextmanager
+    def reader(self) -> Iterator[Callable[[str], torch.Tensor]]:
+        """Yields get(key) -> a fresh CPU tensor in the file's dtype.
+
+        Plain reads into a new buffer, not safetensors' memory map: mapped pages that were
+        read stay in the process's resident memory until the whole file is unmapped, so
+        converting dtype on the way (fp32 file -> fp16 model) would peak at file + model.
+        """
+        with ExitStack() as stack:
+            handles = {path: stack.enter_context(path.open("rb", buffering=0)) for path in set(self.files.values())}
+            yield lambda key: _read_tensor(handles[self.files[key]], self.entries[key], key)
+
+
+def _read_tensor(handle, entry: TensorEntry, key: str) -> torch.Tensor:
+    data = torch.empty(math.prod(entry.shape) * entry.dtype.itemsize, dtype=torch.uint8)
+    view, filled = memoryview(data.numpy()), 0
+    handle.seek(entry.offset)
+    while filled < len(view):  # a read may return less than asked
+        count = handle.readinto(view[filled:])
+        if not count:  # the file shrank after its header was checked
+            raise CheckpointError(f"{handle.name} ended while reading {key!r}: the file is truncated, download it again.")
+        filled += count
+    return data.view(entry.dtype).reshape(entry.shape)
+
+
+def _existing_path(path) -> Path:
+    resolved = Path(path).expanduser()
+    if not resolved.exists():
+        raise CheckpointError(f"{resolved} does not exist: check the path (for ComfyUI, the file goes in models/checkpoints).")
+    return resolved
+
+
+def _looks_pickled(first_bytes: bytes) -> bool:
+    """torch.save output: a zip archive ("PK"), or a bare pickle (0x80, protocol 2-5)."""
+    return first_bytes.startswith(b"PK\x03\x04") or (first_bytes[:1] == b"\x80" and first_bytes[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"))
+
+
+def _refuse_pickle(path: Path, first_bytes: bytes = b"") -> None:
+    # A pickle can run code when it is loaded, so it is never unpickled here, not even to look.
+    if path.suffix.lower() in PICKLE_SUFFIXES or _looks_pickled(first_bytes):
+        raise CheckpointError(
+            f"{path} is a pickle checkpoint ({path.suffix or 'torch.save'} format), which is refused because loading a pickle "
+            f"can run arbitrary code. Use the .safetensors version of these weights (the same model repository usually has one), "
+            f"or convert it once in a trusted environment: safetensors.torch.save_file(torch.load(path, weights_only=True), 'model.safetensors')."
+        )
+
+
+def read_safetensors_header(path) -> Weights:
+    """Validate a safetensors file from its header and size, without reading tensor data.
+
+    A truncated file (interrupted download or copy) is caught here: the header's data offsets
+    must fit in the file.
+    """
+    path = _existing_path(path)
+    if path.is_dir():
+        raise CheckpointError(f"{path} is a folder, expected a .safetensors file here.")
+    _refuse_pickle(path)
+    size = path.stat().st_size
+    if size == 0:
+        raise CheckpointError(f"{path} is an empty file (0 bytes): an interrupted download or copy. Download it again.")
+    with path.open("rb") as handle:
+        start = handle.read(9)
+        if start[8:9] != b"{":  # a safetensors header is JSON right after its 8-byte length
+            _refuse_pickle(path, start)
+        if len(start) < 9:
+            raise CheckpointError(f"{path} is truncated ({size} bytes, not even a safetensors header): download it again.")
+        header_bytes = int.from_bytes(start[:8], "little")
+        if header_bytes > _MAX_HEADER_BYTES or start[8:9] != b"{":
+            hint = " It looks like a web page (HTML), not weights." if start.lstrip()[:1] == b"<" else ""
+            raise CheckpointError(f"{path} is not a safetensors file (its first bytes are {start!r}).{hint} Download the .safetensors file again.")
+        if 8 + header_bytes > size:
+            raise CheckpointError(
+                f"{path} is truncated: its header alone should be {header_bytes} bytes but the file has {size} bytes. "
+                f"An incomplete download or copy: download it again."
+            )
+        handle.seek(8)
+        raw_header = handle.read(header_bytes)
+    try:
+        header = json.loads(raw_header)
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise CheckpointError(f"{path} is not a valid safetensors file (unreadable header: {error}). Download it again.") from error
+    if not isinstance(header, dict):
+        raise CheckpointError(f"{path} is not a valid safetensors file (its header is not a table of tensors).")
+    header.pop("__metadata__", None)
+    entries, data_end = {}, 0
+    for key, info in header.items():
+        try:
+            dtype = _SAFETENSORS_DTYPES[info["dtype"]]
+            shape = tuple(int(dim) for dim in info["shape"])
+            begin, end = (int(offset) for offset in info["data_offsets"])
+        except (KeyError, TypeError, ValueError) as error:
+            raise CheckpointError(f"{path} has a damaged or unsupported header entry for {key!r}: {info!r}. Download it again.") from error
+        if end - begin != math.prod(shape) * dtype.itemsize:
+            raise CheckpointError(f"{path} has a damaged header: tensor {key!r} of shape {shape} does not fit its data offsets. Download it again.")
+        entries[key] = TensorEntry(dtype, shape, 8 + header_bytes + begin)
+        data_end = max(data_end, end)
+    needed = 8 + header_bytes + data_end
+    if needed > size:
+        raise CheckpointError(
+            f"{path} is truncated: its header says the tensor data runs to {needed} bytes but the file has only {size} bytes "
+            f"({100 * size / needed:.1f}%). An incomplete download or copy: download it again."
+        )
+    return Weights(str(path), entries, {key: path for key in entries})
+
+
+def _read_sharded(index_path: Path) -> Weights:
+    """A part split over several files, listed by a `*.safetensors.index.json`."""
+    try:
+        weight_map = json.loads(index_path.read_text())["weight_map"]
+    except (OSError, ValueError, KeyError) as error:
+        raise CheckpointError(f"{index_path} is not a valid safetensors index ({error}).") from error
+    entries, files = {}, {}
+    for shard_name in sorted(set(weight_map.values())):
+        shard = read_safetensors_header(index_path.parent / shard_name)
+        entries |= shard.entries
+        files |= shard.files
+    return Weights(str(index_path.parent), entries, files)

@@ -1,0 +1,122 @@
+"""Strict loading: modules built on the meta device, every name and shape checked against the
+header before any tensor is read, then tensors read one at a time into the target dtype."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Iterable
+
+import torch
+
+from .. import convert
+from ..errors import CheckpointError
+from .headers import Weights
+from .identify import _examples
+
+_LIST_LIMIT = 20  # names listed per kind of mismatch in an error message
+
+
+@dataclasses.dataclass
+class _Part:
+    """One module to fill: built on the meta device, with where each of its tensors comes from."""
+
+    module: torch.nn.Module
+    keymap: convert.KeyMap
+    provided: dict[str, torch.Tensor] = dataclasses.field(default_factory=dict)  # our keys not read from the file
+
+    def read_map(self) -> convert.KeyMap:
+        return {key: source for key, source in self.keymap.items() if key not in self.provided}
+
+
+def _empty(build: Callable[[dict], torch.nn.Module], config: dict) -> torch.nn.Module:
+    """The module with no storage: parameters are allocated only when the weights are assigned."""
+    with torch.device("meta"):
+        return build(config)
+
+
+def _listing(title: str, names: list[str]) -> str:
+    shown = "\n    ".join(names[:_LIST_LIMIT])
+    more = f"\n    ... and {len(names) - _LIST_LIMIT} more" if len(names) > _LIST_LIMIT else ""
+    return f"\n  {len(names)} {title}:\n    {shown}{more}"
+
+
+def _check(parts: list[_Part], weights: Weights, owned_roots: tuple[str, ...], what: str) -> None:
+    """Every expected tensor present with its shape, and nothing unknown under `owned_roots`;
+    decided from the header before any data is read. Names are the file's names."""
+    missing, wrong_shape, consumed = [], [], set()
+    for part in parts:
+        shapes = {key: tuple(tensor.shape) for key, tensor in part.module.state_dict().items()}
+        for our_key, source in part.read_map().items():
+            if source.key in consumed:
+                continue  # the other slots of a stacked tensor
+            consumed.add(source.key)
+            entry = weights.entries.get(source.key)
+            allowed = convert.original_shapes(source, shapes[our_key])
+            if entry is None:
+                missing.append(source.key)
+            elif entry.shape not in allowed:
+                wrong_shape.append(f"{source.key}: file {list(entry.shape)}, expected {list(allowed[0])}")
+    unexpected = sorted(key for key in weights.entries if key.startswith(owned_roots) and key not in consumed)
+    if missing or unexpected or wrong_shape:
+        message = f"{weights.label} does not match {what}."
+        for title, names in (("missing tensors", sorted(missing)), ("unexpected tensors", unexpected), ("tensors with the wrong shape", wrong_shape)):
+            if names:
+                message += _listing(title, names)
+        raise CheckpointError(message + "\nThe file may be damaged or a variant this loader does not know.")
+
+
+def _cast(tensor: torch.Tensor, dtype: torch.dtype, device) -> torch.Tensor:
+    return tensor.to(device=device, dtype=dtype if tensor.is_floating_point() else tensor.dtype)
+
+
+def _read_state(part: _Part, get: Callable[[str], torch.Tensor], dtype: torch.dtype, device) -> dict[str, torch.Tensor]:
+    """Our state dict of `part`, each tensor read once and cast before the next is read."""
+    read_map = part.read_map()
+    state = {}
+    for original_key, our_keys in convert.invert(read_map).items():
+        tensor = get(original_key)
+        for our_key in our_keys:
+            state[our_key] = _cast(convert.from_original(read_map[our_key], tensor), dtype, device)
+        del tensor
+    return state | {key: _cast(tensor, dtype, device) for key, tensor in part.provided.items()}
+
+
+# Non-persistent buffers are not in any file; after a meta-device build they must be rebuilt.
+_NON_PERSISTENT_BUFFERS = {
+    "position_ids": lambda meta: torch.arange(meta.shape[-1]).expand(meta.shape),  # CLIP embeddings
+}
+
+
+def _materialize_buffers(module: torch.nn.Module, device) -> None:
+    for owner_name, owner in module.named_modules():
+        for name, buffer in list(owner.named_buffers(recurse=False)):
+            if buffer.is_meta:
+                if name not in _NON_PERSISTENT_BUFFERS:  # a new buffer in a library update: fail loudly
+                    raise RuntimeError(f"no recipe to rebuild the buffer {owner_name}.{name} after a meta-device build")
+                owner.register_buffer(name, _NON_PERSISTENT_BUFFERS[name](buffer).to(device), persistent=False)
+
+
+def _fill(part: _Part, state: dict[str, torch.Tensor], device) -> torch.nn.Module:
+    part.module.load_state_dict(state, strict=True, assign=True)
+    _materialize_buffers(part.module, device)
+    return part.module
+
+
+def _load_parts(parts: list[_Part], weights: Weights, dtype: torch.dtype, device) -> None:
+    with weights.reader() as get:
+        for part in parts:
+            _fill(part, _read_state(part, get, dtype, device), device)
+
+
+def _ignored_note(keys: Iterable[str], roots: tuple[str, ...]) -> list[str]:
+    ignored = sorted(key for key in keys if not key.startswith(roots))
+    if not ignored:
+        return []
+    return [f"ignored {len(ignored)} tensors that are not part of the inference model: {_examples(ignored)}"]
+
+
+def _identity_quant_conv(vae_config: dict) -> dict[str, torch.Tensor]:
+    """quant_conv that passes the encoder's moments through: first_stage_model.encoder's
+    output is already what SVD's first stage samples from (it has no quant_conv)."""
+    channels = 2 * vae_config["latent_channels"]
+    return {"quant_conv.weight": torch.eye(channels)[:, :, None, None], "quant_conv.bias": torch.zeros(channels)}
