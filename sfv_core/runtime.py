@@ -151,6 +151,14 @@ def describe(runtime: Runtime) -> str:
     )
 
 
+def to_channels_last(module: torch.nn.Module) -> None:
+    """NHWC weights for the 2D convolutions; the temporal Conv3d layers keep theirs (a 5D
+    tensor has no channels_last layout, so `module.to(memory_format=...)` would refuse)."""
+    for layer in module.modules():
+        if isinstance(layer, torch.nn.Conv2d):
+            layer.to(memory_format=torch.channels_last)
+
+
 def place(model, runtime: Runtime):
     """Move an `SVDModel` to the runtime's device and dtypes, with its attention and layout."""
     move(model.unet, runtime.device, runtime.dtype)
@@ -161,7 +169,7 @@ def place(model, runtime: Runtime):
     set_attention(model, runtime.attention)
     if runtime.channels_last:
         for module in (model.unet, model.vae):
-            module.to(memory_format=torch.channels_last)
+            to_channels_last(module)
     if runtime.tf32:
         torch.set_float32_matmul_precision("high")  # TF32 for the few fp32 matmuls (time embeddings, fp32 VAE)
     return model

@@ -2,6 +2,7 @@
 torch.compile equal to eager, compiled once per shape, and the fp32 redo of an overflowed decode."""
 
 import copy
+import dataclasses
 import logging
 from types import SimpleNamespace
 
@@ -12,8 +13,8 @@ from torch._dynamo.testing import CompileCounter
 from sfv_core import decoding
 from sfv_core.acceleration import CompiledCall, FastPath, FastUNet
 from sfv_core.errors import InputError
-from sfv_core.models import build_unet, build_vae, unet_config, vae_config
-from sfv_core.runtime import DeviceCapabilities, describe, plan_runtime, sdpa_backend
+from sfv_core.models import TINY, build_random_model, build_unet, build_vae, unet_config, vae_config
+from sfv_core.runtime import DeviceCapabilities, describe, place, plan_runtime, sdpa_backend
 
 CPU, H100, T4 = DeviceCapabilities("cpu"), DeviceCapabilities("cuda", (9, 0)), DeviceCapabilities("cuda", (7, 5))
 FRAMES, LATENT_SIZE = 2, 8
@@ -46,6 +47,21 @@ def test_older_gpus_run_fp16_with_an_fp32_vae_unless_asked():
     assert plan(T4, vae_dtype="fp16").vae_dtype == torch.float16
     other = plan(DeviceCapabilities("mps"))
     assert (other.dtype, other.vae_dtype, other.cuda_graphs, other.compile) == (torch.float16, torch.float32, False, "off")
+
+
+@torch.no_grad()
+def test_channels_last_placement_keeps_the_outputs():
+    """A GPU runtime's layout, applied on the CPU: 2D conv weights go NHWC, the temporal Conv3d
+    weights (5D, no such layout) stay as they are, and the model computes the same."""
+    model = build_random_model(TINY)
+    args, kwargs = unet_call(6)
+    before, before_frames = model.unet(*args, **kwargs)[0], decoding.vae_decoder(model.vae)(latents(6), FRAMES)
+    place(model, dataclasses.replace(plan(CPU), channels_last=True))
+    convs = [layer for module in (model.unet, model.vae) for layer in module.modules() if isinstance(layer, torch.nn.Conv2d) and layer.kernel_size != (1, 1)]
+    assert convs and all(layer.weight.is_contiguous(memory_format=torch.channels_last) and not layer.weight.is_contiguous() for layer in convs)
+    assert any(isinstance(layer, torch.nn.Conv3d) for layer in model.vae.modules())
+    torch.testing.assert_close(model.unet(*args, **kwargs)[0], before, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(decoding.vae_decoder(model.vae)(latents(6), FRAMES), before_frames, atol=1e-5, rtol=1e-5)
 
 
 def test_unknown_choices_are_refused_with_the_choices():
