@@ -164,13 +164,24 @@ def _read_in_child(path: str, keep: bool, queue) -> None:
     queue.put({"read_s": time.perf_counter() - start})
 
 
+def _reporting(target, *args) -> None:
+    """Run `target(*args, queue)`; an exception is reported through the queue, so the parent never waits forever."""
+    queue = args[-1]
+    try:
+        target(*args)
+    except BaseException as error:  # noqa: BLE001  reported, then re-raised in the parent
+        queue.put({"error": f"{target.__name__}: {type(error).__name__}: {error}"})
+
+
 def _in_child(target, *args):
     context = multiprocessing.get_context("spawn")
     queue = context.Queue()
-    process = context.Process(target=target, args=(*args, queue))
+    process = context.Process(target=_reporting, args=(target, *args, queue))
     process.start()
     result = queue.get()
     process.join()
+    if "error" in result:
+        raise RuntimeError(result["error"])
     return result
 
 
