@@ -4,7 +4,7 @@
     python benchmarks/bench_engine.py diffusers [--config tiny|full] [--steps 25]
     python benchmarks/bench_engine.py load      [--file PATH]   (writes a random full-size fp16 file if absent)
     python benchmarks/bench_engine.py decode    [--config tiny|full] [--chunks 14,7,4,2] [--overlap 2]
-    python benchmarks/bench_engine.py load-vs-comfyui --comfyui /path/to/ComfyUI [--file PATH] [--dtype fp32]
+    python benchmarks/bench_engine.py load-vs-comfyui --comfyui /path/to/ComfyUI [--file PATH] [--dtype float32]
                                                 [--baseline /path/to/another/checkout/of/this/repo]
 
 overhead: one-step end-to-end time / sum of the bare component forwards (CLIP, VAE encode,
@@ -304,7 +304,7 @@ def bench_decode(args) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False)
     parser.add_argument("bench", choices=["overhead", "diffusers", "load", "decode", "load-vs-comfyui"])
     parser.add_argument("--config", choices=["tiny", "full"], default="tiny")
     parser.add_argument("--width", type=int, default=256)

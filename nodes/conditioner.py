@@ -5,6 +5,7 @@ from __future__ import annotations
 from ..sfv_core.conditioning import RESIZE_MODES, VARIANTS, check_video_size
 from ..sfv_core.decoding import decode_bytes_per_frame
 from ..sfv_core.errors import SFVError
+from ..sfv_core.models import check_unet_can_run
 from . import comfy_runtime
 from .model import user_errors
 
@@ -30,8 +31,8 @@ class SFVImageConditioner:
             "required": {
                 "sfv_model": ("SFV_MODEL", {"tooltip": "The model from SFV Loader."}),
                 "image": ("IMAGE", {"tooltip": "Start image(s): the first frame of each clip. A batch of N images makes N clips."}),
-                "width": ("INT", {"default": 1024, "min": 64, "max": 16384, "step": 8, "tooltip": "Video width in pixels, a multiple of 8 (64 is safest). SVD was trained at 1024x576."}),
-                "height": ("INT", {"default": 576, "min": 64, "max": 16384, "step": 8, "tooltip": "Video height in pixels, a multiple of 8 (64 is safest)."}),
+                "width": ("INT", {"default": 1024, "min": 64, "max": 16384, "step": 8, "tooltip": "Video width in pixels, a multiple of 8, at least 64. SVD was trained at 1024x576."}),
+                "height": ("INT", {"default": 576, "min": 64, "max": 16384, "step": 8, "tooltip": "Video height in pixels, a multiple of 8, at least 64."}),
                 "frames": ("INT", {"default": 14, "min": 1, "max": 4096, "tooltip": "Frames per clip. SVD img2vid and SF-V were trained on 14."}),
                 "fps": ("INT", {"default": 7, "min": 1, "max": 1024, "tooltip": "Frame rate the model is told (fps - 1 goes in, as in training at 7). Use the same number when saving the video."}),
                 "motion_bucket_id": ("INT", {"default": 127, "min": 0, "max": 1023, "tooltip": "How much motion: higher moves more. Trained around 127."}),
@@ -55,6 +56,7 @@ class SFVImageConditioner:
         with user_errors():
             check_video_size(width, height, frames)
             clips = image.shape[0] if image.ndim == 4 else 1
+            check_unet_can_run(sfv_model.model.unet.config, width, height, frames, clips)
             # The VAE encoder's working memory stays below the temporal decoder's per frame.
             memory = decode_bytes_per_frame(sfv_model.model.vae, height, width) * clips
             pipeline = sfv_model.use("image_encoder", "vae", memory_required=memory)

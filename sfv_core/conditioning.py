@@ -28,12 +28,26 @@ RESIZE_MODES = ("crop", "pad", "stretch")
 SIZE_MULTIPLE = 8
 
 
+def _size_fix(value: int) -> str | None:
+    """The sizes to use instead of `value`, or None when it is fine."""
+    if value >= 64 and value % SIZE_MULTIPLE == 0:
+        return None
+    lower = value // SIZE_MULTIPLE * SIZE_MULTIPLE
+    return " or ".join(str(v) for v in (lower, lower + SIZE_MULTIPLE) if v >= 64)
+
+
 def check_video_size(width: int, height: int, num_frames: int) -> None:
-    for name, value in (("width", width), ("height", height)):
-        if value < 64 or value % SIZE_MULTIPLE:
-            lower = value // SIZE_MULTIPLE * SIZE_MULTIPLE
-            nearest = " or ".join(str(v) for v in (lower, lower + SIZE_MULTIPLE) if v >= 64)
-            raise InputError(f"{name} {value} is not a multiple of 8 of at least 64: the VAE works on 8x8 pixel blocks. Use {nearest}.")
+    """Width and height multiples of 8 of at least 64, frames at least 1; the message names the
+    wrong one (ComfyUI shows it under both widgets)."""
+    fixes = {name: (value, _size_fix(value)) for name, value in (("width", width), ("height", height))}
+    wrong = {name: pair for name, pair in fixes.items() if pair[1] is not None}
+    if len(wrong) == 1:
+        ((name, (value, fix)),) = wrong.items()
+        other = "height" if name == "width" else "width"
+        raise InputError(f"{name} {value} is not a multiple of 8 of at least 64 ({other} {fixes[other][0]} is fine): the VAE works on 8x8 pixel blocks. Use {fix}.")
+    if wrong:
+        raise InputError(f"width {width} and height {height} are not multiples of 8 of at least 64: the VAE works on 8x8 pixel blocks. "
+                         f"Use width {fixes['width'][1]} and height {fixes['height'][1]}.")
     if num_frames < 1:
         raise InputError(f"frames must be at least 1, got {num_frames}.")
 

@@ -106,9 +106,12 @@ DECODE_WORKSPACE_FACTOR = 8
 
 
 def decode_bytes_per_frame(vae, height: int, width: int) -> int:
-    first_level = vae.config.block_out_channels[0]
-    element = torch.finfo(next(vae.parameters()).dtype).bits // 8
-    return DECODE_WORKSPACE_FACTOR * height * width * first_level * element
+    return decode_bytes(vae.config.block_out_channels[0], next(vae.parameters()).dtype, height, width)
+
+
+def decode_bytes(first_level_width: int, dtype: torch.dtype, height: int, width: int) -> int:
+    """The estimate from the VAE's config alone (known from a checkpoint's header, before loading)."""
+    return DECODE_WORKSPACE_FACTOR * height * width * first_level_width * (torch.finfo(dtype).bits // 8)
 
 
 def free_memory_bytes(device: torch.device) -> int | None:
@@ -126,9 +129,11 @@ def free_memory_bytes(device: torch.device) -> int | None:
 
 def check_decode_memory(vae, chunk_frames: int, height: int, width: int) -> None:
     """Refuse, with the chunk size that fits, a decode that would run out of memory."""
-    device = next(vae.parameters()).device
+    check_decode_fits(decode_bytes_per_frame(vae, height, width), chunk_frames, next(vae.parameters()).device, height, width)
+
+
+def check_decode_fits(per_frame: int, chunk_frames: int, device: torch.device, height: int, width: int) -> None:
     free = free_memory_bytes(device)
-    per_frame = decode_bytes_per_frame(vae, height, width)
     if free is None or chunk_frames * per_frame <= free:
         return
     fits = free // per_frame

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import os
 import secrets
+import tempfile
 from contextlib import contextmanager
 from pathlib import Path
+
+from .errors import InputError
 
 
 @contextmanager
@@ -23,3 +26,19 @@ def atomic_path(destination: str | os.PathLike):
     except BaseException:
         temporary.unlink(missing_ok=True)
         raise
+
+
+def check_writable(destination: str | os.PathLike) -> None:
+    """Prove, before any work, that `destination` can be written: the nearest folder above it
+    that exists takes a new file (atomic_path creates the missing folders below it)."""
+    destination = Path(destination)
+    folder = destination.parent
+    while not folder.exists():
+        folder = folder.parent
+    if not folder.is_dir():
+        raise InputError(f"cannot write {destination}: {folder} is a file, not a folder. Choose another output path.")
+    try:
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as error:
+        raise InputError(f"cannot write {destination}: {folder} does not take new files ({error.strerror}). Choose another output path.") from None

@@ -33,14 +33,14 @@ def karras_sigmas(count: int, sigma_min: float = SIGMA_MIN, sigma_max: float = S
 
 
 # SF-V's generator was trained on the first three levels of this 4-level schedule:
-# 700, 70.6, 2.27 (the fourth, 0.002, leaves a clip as it is).
+# 700, 70.54, 2.27 (the fourth, 0.002, leaves a clip as it is).
 SFV_SCHEDULE = tuple(karras_sigmas(4))
 SFV_TRAINING_LEVELS = SFV_SCHEDULE[:3]
 MAX_STEPS = len(SFV_SCHEDULE)
 
 
 def sigma_for_denoise(denoise: float) -> float:
-    """Noise level at fraction `denoise` of the Karras curve: 1 -> 700, 2/3 -> 70.6, 1/3 -> 2.27."""
+    """Noise level at fraction `denoise` of the Karras curve: 1 -> 700, 2/3 -> 70.54, 1/3 -> 2.27."""
     if not 0.0 < denoise <= 1.0:
         raise InputError(f"denoise must be in (0, 1], got {denoise}: 1.0 generates from pure noise, smaller keeps more of the input clip.")
     lo, hi = SIGMA_MIN ** (1 / KARRAS_RHO), SIGMA_MAX ** (1 / KARRAS_RHO)

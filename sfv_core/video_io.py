@@ -7,6 +7,8 @@ so an interrupted run never leaves a half-written video, frame or latent behind.
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
+from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
@@ -44,62 +46,131 @@ def _to_uint8(frames: torch.Tensor) -> np.ndarray:
     return (frames.clamp(0, 1) * 255.0).round().to(torch.uint8).cpu().numpy()
 
 
-def _write_animation(frames: np.ndarray, path: Path, fps: float, image_format: str) -> None:
-    from PIL import Image
-
-    images = [Image.fromarray(frame) for frame in frames]
-    options = {"quality": 90, "method": 4} if image_format == "WEBP" else {"disposal": 2}
-    with atomic_path(path) as temporary:
-        images[0].save(temporary, format=image_format, save_all=True, append_images=images[1:], duration=round(1000 / fps), loop=0, **options)
-
-
-def _write_mp4(frames: np.ndarray, path: Path, fps: float) -> None:
-    import av
-    from fractions import Fraction
-
-    height, width = frames.shape[1:3]
-    with atomic_path(path) as temporary:
-        with av.open(str(temporary), mode="w", format="mp4") as container:
-            stream = container.add_stream("libx264", rate=Fraction(fps).limit_denominator(1000))
-            stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
-            stream.options = {"crf": "17"}
-            for frame in frames:
-                container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
-            container.mux(stream.encode())
-
-
-def _write_png_folder(frames: np.ndarray, folder: Path) -> None:
-    from PIL import Image
-
-    for index, frame in enumerate(frames):
-        with atomic_path(folder / f"frame_{index:05d}.png") as temporary:
-            Image.fromarray(frame).save(temporary, format="PNG")
-
-
-def check_output_path(path: str | os.PathLike) -> None:
-    """Refuse an output type we cannot write before any work is done."""
+def check_output_path(path: str | os.PathLike, width: int | None = None, height: int | None = None) -> None:
+    """Refuse an output we cannot write (its type; an odd size for mp4) before any work is done."""
     suffix = Path(path).suffix.lower()
     if suffix and suffix not in VIDEO_SUFFIXES:
         raise InputError(f"unknown output type {suffix!r}: use .webp, .gif, .mp4, or a folder name for PNG frames.")
+    if suffix and Path(path).is_dir():
+        raise InputError(f"{path} is a folder, so a {suffix} file cannot be written there: choose another output name.")
+    if not suffix and Path(path).is_file():
+        raise InputError(f"{path} is a file, so PNG frames cannot go in it as a folder: choose another output name, or add .webp, .gif or .mp4.")
+    if suffix == ".mp4":
+        _check_mp4_size(width or 0, height or 0)
+
+
+def _check_mp4_size(width: int, height: int) -> None:
+    if width % 2 or height % 2:
+        raise InputError(f"mp4 (H.264, yuv420p) needs an even width and height, got {width}x{height}: use .webp or an even size.")
+
+
+class _EncodedVideo:
+    """.webp (animated, libwebp) and .mp4 (H.264) through PyAV: each frame is encoded as it is
+    appended, so memory holds no more than the frames just given, whatever the length."""
+
+    CODECS = {".mp4": ("mp4", "libx264", "yuv420p", {"crf": "17"}), ".webp": ("webp", "libwebp_anim", "bgra", {"quality": "90"})}
+
+    def __init__(self, path: Path, fps: float, suffix: str):
+        import av
+
+        self.suffix = suffix
+        self.format, self.codec, self.pix_fmt, self.options = self.CODECS[suffix]
+        self.fps = Fraction(fps).limit_denominator(1000)
+        # The webp muxer plays once by default; loop forever as the animated formats do.
+        self.container = av.open(str(path), mode="w", format=self.format, options={"loop": "0"} if suffix == ".webp" else {})
+        self.stream = None
+
+    def append(self, pixels: np.ndarray) -> None:
+        import av
+
+        if self.stream is None:  # the size is known from the first frames
+            if self.suffix == ".mp4":
+                _check_mp4_size(pixels.shape[2], pixels.shape[1])
+            self.stream = self.container.add_stream(self.codec, rate=self.fps)
+            self.stream.width, self.stream.height, self.stream.pix_fmt = pixels.shape[2], pixels.shape[1], self.pix_fmt
+            self.stream.options = self.options
+        for frame in pixels:
+            self.container.mux(self.stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24").reformat(format=self.pix_fmt)))
+
+    def finish(self) -> None:
+        if self.stream is not None:
+            self.container.mux(self.stream.encode())
+
+    def close(self) -> None:
+        self.container.close()
+
+
+class _Gif:
+    """Pillow writes a GIF in one call, so its frames are held until the end (as 8-bit RGB)."""
+
+    def __init__(self, path: Path, fps: float):
+        self.path, self.fps, self.images = path, fps, []
+
+    def append(self, pixels: np.ndarray) -> None:
+        from PIL import Image
+
+        self.images += [Image.fromarray(frame) for frame in pixels]
+
+    def finish(self) -> None:
+        first, *rest = self.images
+        first.save(self.path, format="GIF", save_all=True, append_images=rest, duration=round(1000 / self.fps), loop=0, disposal=2)
+
+    def close(self) -> None:
+        self.images = []
+
+
+class _PngFolder:
+    """One PNG per frame, each written atomically as it comes."""
+
+    def __init__(self, folder: Path):
+        self.folder, self.count = folder, 0
+
+    def append(self, pixels: np.ndarray) -> None:
+        from PIL import Image
+
+        for frame in pixels:
+            with atomic_path(self.folder / f"frame_{self.count:05d}.png") as temporary:
+                Image.fromarray(frame).save(temporary, format="PNG")
+            self.count += 1
+
+
+class VideoWriter:
+    """`append(frames)` clip after clip; `frames` is (n, H, W, 3) in [0, 1].
+
+    A video file (.webp, .gif, .mp4) is written under a temporary name and renamed into place
+    only when the `with` block ends without error: it appears complete or not at all.
+    """
+
+    def __init__(self, target):
+        self.target = target
+
+    def append(self, frames: torch.Tensor) -> None:
+        self.target.append(_to_uint8(frames))
+
+
+@contextmanager
+def open_video(path: str | os.PathLike, fps: float):
+    """A `VideoWriter` for .webp / .gif / .mp4, or a folder of PNGs for any other path."""
+    check_output_path(path)
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix not in VIDEO_SUFFIXES:
+        yield VideoWriter(_PngFolder(path))
+        return
+    with atomic_path(path) as temporary:
+        target = _Gif(temporary, fps) if suffix == ".gif" else _EncodedVideo(temporary, fps, suffix)
+        try:
+            yield VideoWriter(target)
+            target.finish()
+        finally:
+            target.close()
 
 
 def save_clip(frames: torch.Tensor, path: str | os.PathLike, fps: float) -> Path:
     """(frames, H, W, 3) in [0, 1] -> .webp / .gif / .mp4, or a folder of PNGs for any other path."""
-    check_output_path(path)
-    path = Path(path)
-    pixels = _to_uint8(frames)
-    suffix = path.suffix.lower()
-    if suffix == ".webp":
-        _write_animation(pixels, path, fps, "WEBP")
-    elif suffix == ".gif":
-        _write_animation(pixels, path, fps, "GIF")
-    elif suffix == ".mp4":
-        if pixels.shape[1] % 2 or pixels.shape[2] % 2:
-            raise InputError("mp4 (H.264, yuv420p) needs an even width and height.")
-        _write_mp4(pixels, path, fps)
-    else:
-        _write_png_folder(pixels, path)
-    return path
+    with open_video(path, fps) as video:
+        video.append(frames)
+    return Path(path)
 
 
 def clip_paths(out: str | os.PathLike, clips: int) -> list[Path]:

@@ -104,3 +104,12 @@ def test_condition_is_deterministic_and_batched(model):
     assert native.latent_shape == first.latent_shape
     with pytest.raises(InputError, match="preprocessing variant"):
         conditioning.condition(model, images, variant="sgm", **settings)
+
+
+def test_size_message_names_the_wrong_dimension():
+    with pytest.raises(InputError, match=r"^height 100 is not a multiple of 8 of at least 64 \(width 1024 is fine\).*Use 96 or 104"):
+        conditioning.check_video_size(1024, 100, 14)
+    with pytest.raises(InputError, match=r"^width 1020 is not .*\(height 576 is fine\).*Use 1016 or 1024"):
+        conditioning.check_video_size(1020, 576, 14)
+    with pytest.raises(InputError, match=r"^width 1020 and height 60 are not multiples of 8.*Use width 1016 or 1024 and height 64\."):
+        conditioning.check_video_size(1020, 60, 14)

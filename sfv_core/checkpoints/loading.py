@@ -233,12 +233,23 @@ def load_model(path, dtype: torch.dtype = torch.float32, device="cpu") -> SVDMod
         return _load_folder(path, dtype, device)
     weights = read_safetensors_header(path)
     kind, _, _ = detect(weights.entries, weights.label)
+    _refuse_unet_only(path, kind)
+    return _load_single_file(weights, dtype, device)
+
+
+def _refuse_unet_only(path, kind: str) -> None:
     if kind == "sfv_unet":
         raise CheckpointError(
             f"{path} holds only a UNet (SF-V weights?), not a full model. Load the base SVD checkpoint with load_model(), "
             f"then this file with load_sfv_unet(path, base) (in ComfyUI: the SF-V UNet input of the loader)."
         )
-    return _load_single_file(weights, dtype, device)
+
+
+def inspect_full_model(path) -> CheckpointInfo:
+    """inspect_checkpoint for a file or folder that load_model must accept (headers only)."""
+    info = inspect_checkpoint(path)
+    _refuse_unet_only(info.path, info.kind)
+    return info
 
 
 _ARCHITECTURE_FIELDS = (
@@ -258,19 +269,30 @@ def _architecture(config: Mapping) -> dict:
     return out
 
 
+def _unet_weights(path, base_unet_config: Mapping, base_label: str) -> tuple[Weights, str, str]:
+    """The header of a UNet file (layout, root) after checking it has the base UNet's architecture."""
+    weights = read_safetensors_header(path)
+    _, layout, root = detect(weights.entries, weights.label)
+    found, expected = _architecture(_infer_unet(weights, layout, root)), _architecture(base_unet_config)
+    differences = [f"{field}: file {found[field]}, base {expected[field]}" for field in _ARCHITECTURE_FIELDS if found[field] != expected[field]]
+    if differences:
+        raise CheckpointError(
+            f"{weights.label} is a UNet of a different architecture than the base model ({base_label}): "
+            + "; ".join(differences) + ". SF-V weights replace the UNet of the SVD model they were trained from."
+        )
+    return weights, layout, root
+
+
+def check_sfv_unet(path, base: CheckpointInfo) -> None:
+    """What load_sfv_unet checks first, from headers only: before any weights are read."""
+    _unet_weights(path, base.unet_config, base.path)
+
+
 def load_sfv_unet(path, base: SVDModel, dtype: torch.dtype | None = None, device=None) -> SVDModel:
     """`base` with its UNet replaced by the UNet in `path` (diffusers or SGM names, with or
     without the `model.diffusion_model.` prefix; a full single file also works). The new UNet
     must have the base UNet's architecture. `base` itself is left unchanged."""
-    weights = read_safetensors_header(path)
-    _, layout, root = detect(weights.entries, weights.label)
-    found, expected = _architecture(_infer_unet(weights, layout, root)), _architecture(base.unet.config)
-    differences = [f"{field}: file {found[field]}, base {expected[field]}" for field in _ARCHITECTURE_FIELDS if found[field] != expected[field]]
-    if differences:
-        raise CheckpointError(
-            f"{weights.label} is a UNet of a different architecture than the base model ({base.source}): "
-            + "; ".join(differences) + ". SF-V weights replace the UNet of the SVD model they were trained from."
-        )
+    weights, layout, root = _unet_weights(path, base.unet.config, base.source)
     base_parameter = next(base.unet.parameters())
     dtype = dtype or base_parameter.dtype
     device = device or base_parameter.device

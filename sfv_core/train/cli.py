@@ -26,6 +26,7 @@ def add_train_parser(subparsers) -> argparse.ArgumentParser:
         description=DESCRIPTION,
         epilog=help_text(),
         formatter_class=argparse.RawDescriptionHelpFormatter,
+        allow_abbrev=False,
     )
     p.add_argument("--config", help="YAML config file (sections and fields below); omitted fields keep their defaults")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",

@@ -46,8 +46,8 @@ class DataConfig:
     path: str = doc("Folder of videos (.mp4 .webm .mov .mkv .avi, read with PyAV) and/or of frame folders (folders of .png/.jpg/.webp frames, sorted by name). Searched recursively.", "")
     num_frames: int = doc("Frames per training clip (SVD img2vid: 14). The first frame is the image condition.", 14)
     fps: float = doc("Clips are resampled to this frame rate; it also goes into the time ids (as fps - 1).", 7.0)
-    width: int = doc("Clip width in pixels after resize + centre crop (multiple of 64).", 768)
-    height: int = doc("Clip height in pixels after resize + centre crop (multiple of 64).", 448)
+    width: int = doc("Clip width in pixels after resize + centre crop (a multiple of 8).", 768)
+    height: int = doc("Clip height in pixels after resize + centre crop (a multiple of 8).", 448)
     frame_folder_fps: typing.Optional[float] = doc("Frame rate of frame-folder sources; null means their frames are already at data.fps.", None)
     motion_bucket_id: int = doc("Motion bucket id put in the time ids (SVD default 127).", 127)
     augmentation: float = doc("Noise augmentation of the conditioning frame in [-1,1] pixel space (SVD: 0.02); also goes into the time ids.", 0.02)
@@ -144,7 +144,7 @@ class TrainConfig:
             (self.run.mixed_precision in PRECISIONS, f"run.mixed_precision must be one of {PRECISIONS}"),
             (self.run.export_dtype in PRECISIONS, f"run.export_dtype must be one of {PRECISIONS}"),
             (self.discriminator.heads in ("both", "spatial", "temporal"), "discriminator.heads must be both, spatial or temporal"),
-            (self.data.width % 8 == 0 and self.data.height % 8 == 0, "data.width and data.height must be multiples of 8 (64 is safer)"),
+            (self.data.width % 8 == 0 and self.data.height % 8 == 0, "data.width and data.height must be multiples of 8 (the VAE works on 8x8 pixel blocks)"),
             (self.data.num_frames >= 2, "data.num_frames must be at least 2"),
             (self.optim.gradient_accumulation >= 1 and self.data.batch_size >= 1, "batch_size and gradient_accumulation must be >= 1"),
             (bool(self.model.path), f"model.path is empty: point it at an SVD single file or diffusers folder ('{TINY_RANDOM}' for tests)"),

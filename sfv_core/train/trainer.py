@@ -1,7 +1,7 @@
 """The training loop: SF-V's adversarial fine-tuning (or EDM diffusion training) of an SVD UNet.
 
 One optimiser step = `gradient_accumulation` micro-batches, each:
-  1. generator phase: a real clip noised to a level from {700, 70.6, 2.27} -> x0 = D(x; sigma)
+  1. generator phase: a real clip noised to a level from {700, 70.54, 2.27} -> x0 = D(x; sigma)
      (`sampling.denoise`, the same function inference runs); x0 re-noised to a lognormal
      level -> frozen encoder -> heads (frozen for this phase) -> hinge loss, plus 0.1 x
      pseudo-Huber(x0, real); backward into G only.
