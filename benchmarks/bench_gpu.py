@@ -181,7 +181,7 @@ def start_image() -> torch.Tensor:
 
 
 def parse(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False)
     parser.add_argument("--dry-run", action="store_true", help="the whole script on the CPU in seconds: " + ", ".join(f"--{k.replace('_', '-')} {v}" for k, v in DRY_RUN.items()))
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--config", choices=["tiny", "full"], default="full")
