@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from pathlib import Path
 
@@ -26,7 +27,7 @@ class _DefaultsHelp(argparse.ArgumentDefaultsHelpFormatter):
 def _add_generate(subparsers) -> None:
     from .conditioning import RESIZE_MODES, VARIANTS
     from .extend import CONDITION_FRAMES, CROSSFADES, DEFAULT_CONDITION_FRAME, DEFAULT_CROSSFADE, DEFAULT_OVERLAP, DEFAULT_OVERLAP_DENOISE
-    from .runtime import ATTENTION_CHOICES, DTYPE_CHOICES
+    from .runtime import ATTENTION_CHOICES, COMPILE_CHOICES, DTYPE_CHOICES
     from .sampling import MAX_STEPS
 
     p = subparsers.add_parser("generate", help="image -> video in one UNet pass", formatter_class=_DefaultsHelp, allow_abbrev=False)
@@ -56,6 +57,8 @@ def _add_generate(subparsers) -> None:
     p.add_argument("--dtype", choices=DTYPE_CHOICES, default="auto", help="UNet and image encoder precision; auto: fp32 on the CPU, bf16 on CUDA where supported, else fp16")
     p.add_argument("--vae-dtype", choices=DTYPE_CHOICES, default="auto", help="VAE precision; auto: the model's, but fp32 next to fp16 (SVD's VAE overflows in fp16)")
     p.add_argument("--attention", choices=ATTENTION_CHOICES, default="sdpa", help="PyTorch SDPA (fused kernels) or the plain eager path")
+    p.add_argument("--compile", choices=COMPILE_CHOICES, default="auto",
+                   help="torch.compile the UNet and the decoder (static shapes, compiled once per size); auto: default on CUDA, off on the CPU")
     p.add_argument("--out", default="outputs/clip.webp", help=".webp, .gif, .mp4, or a folder for PNG frames; several clips: NAME_000.EXT, NAME_001.EXT, ...")
     p.add_argument("--save-latent", help="also write the sampled raw latent (frames x 4 x h x w) as safetensors")
     p.set_defaults(run=run_generate)
@@ -180,11 +183,11 @@ def run_generate(args) -> None:
     check_outputs(args, len(args.image))
     images = read_start_images(args)
     init = read_init_latent(args, images.shape[0])
-    runtime = resolve_runtime(args.device, args.dtype, args.vae_dtype, args.attention)
+    runtime = resolve_runtime(args.device, args.dtype, args.vae_dtype, args.attention, args.compile)
     check_models(args, runtime, images.shape[0])
     print(describe_run(args, images.shape[0], defaults_of, long_video), file=sys.stderr)
 
-    pipe = SFVPipeline.from_files(args.checkpoint, args.sfv_unet, args.device, args.dtype, args.vae_dtype, args.attention)
+    pipe = SFVPipeline.from_files(args.checkpoint, args.sfv_unet, args.device, args.dtype, args.vae_dtype, args.attention, args.compile)
     settings = dict(width=args.width, height=args.height, num_frames=args.frames, fps=args.fps, motion_bucket_id=args.motion_bucket, augmentation=args.aug, variant=args.preprocess, resize=args.resize)
     if long_video is not None:
         run_long(pipe, images, args, long_video, settings)
@@ -288,8 +291,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _StderrHandler(logging.Handler):
+    """Writes to whatever sys.stderr is at the time (a handler holding the stream would not follow a redirect)."""
+
+    def emit(self, record) -> None:
+        print(self.format(record), file=sys.stderr)
+
+
+def _log_to_stderr() -> None:
+    """sfv_core's log (what the run uses, fallbacks, fp32 redos) on stderr, once."""
+    logger = logging.getLogger("sfv")
+    if not any(isinstance(handler, _StderrHandler) for handler in logger.handlers):
+        logger.addHandler(_StderrHandler())
+        logger.setLevel(logging.INFO)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    _log_to_stderr()
     try:
         args.run(args)
     except SFVError as error:

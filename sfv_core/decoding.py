@@ -7,10 +7,14 @@ card. Optional overlapping chunks are cross-faded over the overlap to hide seams
 
 from __future__ import annotations
 
+import logging
+
 import torch
 
 from . import memory
 from .errors import InputError
+
+log = logging.getLogger("sfv")
 
 
 def plan_chunks(num_frames: int, chunk_frames: int | None, overlap: int = 0) -> list[tuple[int, int]]:
@@ -44,12 +48,40 @@ def blend_weights(ranges: list[tuple[int, int]]) -> list[torch.Tensor]:
     return weights
 
 
+def vae_decoder(vae):
+    """The temporal VAE's decode as `decoder(latents, num_frames) -> pixels`."""
+    return lambda latents, num_frames: vae.decode(latents, num_frames=num_frames).sample
+
+
+def decode_in_fp32(vae, latents: torch.Tensor, num_frames: int) -> torch.Tensor:
+    """One chunk decoded with the decoder's weights in fp32 for the call (exact round trip back)."""
+    dtype = next(vae.decoder.parameters()).dtype
+    vae.decoder.float()
+    try:
+        return vae.decode(latents.float(), num_frames=num_frames).sample
+    finally:
+        vae.decoder.to(dtype)
+
+
+def decode_chunk(vae, decoder, latents: torch.Tensor, num_frames: int) -> torch.Tensor:
+    """`decoder(latents, num_frames)` -> pixels; a reduced-precision decode that overflowed
+    (SVD's VAE does in fp16) is redone in fp32, with a warning."""
+    pixels = decoder(latents, num_frames)
+    if pixels.dtype != torch.float32 and not torch.isfinite(pixels).all():
+        log.warning("the %s decode of a chunk of %d frames overflowed (NaN/inf): redoing it in fp32 (set the VAE dtype to fp32 to avoid the redo)",
+                    str(pixels.dtype).removeprefix("torch."), num_frames)
+        pixels = decode_in_fp32(vae, latents, num_frames)
+    return pixels
+
+
 @torch.no_grad()
-def decode_latents(vae, raw_latents: torch.Tensor, chunk_frames: int | None = None, overlap: int = 0, callback=None) -> torch.Tensor:
+def decode_latents(vae, raw_latents: torch.Tensor, chunk_frames: int | None = None, overlap: int = 0, callback=None, decoder=None) -> torch.Tensor:
     """Raw latents (clips, frames, 4, h, w) -> frames (clips, frames, H, W, 3) float32 in [0, 1] on the CPU.
 
     `callback(done, total)` is called after each decoded chunk (progress and cancellation).
+    `decoder(latents, num_frames)` -> pixels is the VAE's decode (the fast path passes its compiled one).
     """
+    decoder = decoder or vae_decoder(vae)
     clips, num_frames = raw_latents.shape[:2]
     ranges = plan_chunks(num_frames, chunk_frames, overlap)
     weights = blend_weights(ranges)
@@ -58,7 +90,7 @@ def decode_latents(vae, raw_latents: torch.Tensor, chunk_frames: int | None = No
     for clip in range(clips):
         for (start, end), weight in zip(ranges, weights):
             z = raw_latents[clip, start:end].to(device=device, dtype=dtype)
-            pixels = vae.decode(z, num_frames=end - start).sample
+            pixels = decode_chunk(vae, decoder, z, end - start)
             frames = ((pixels.float() + 1.0) / 2.0).clamp(0.0, 1.0).movedim(1, -1).cpu()
             if out is None:
                 out = torch.zeros((clips, num_frames, *frames.shape[1:]), dtype=torch.float32)

@@ -8,10 +8,12 @@ float32 on the CPU, like ComfyUI's LATENT with the clips split out.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import torch
 
 from . import conditioning, decoding, limits, memory, sampling
+from .acceleration import FastPath
 from .errors import InputError
 from .models import SVDModel
 from .runtime import Runtime, place, resolve_runtime
@@ -41,14 +43,19 @@ class SFVPipeline:
         self.model = place(model, self.runtime)
 
     @classmethod
-    def from_files(cls, checkpoint: str, sfv_unet: str | None = None, device="auto", dtype="auto", vae_dtype="auto", attention="sdpa") -> "SFVPipeline":
+    def from_files(cls, checkpoint: str, sfv_unet: str | None = None, device="auto", dtype="auto", vae_dtype="auto", attention="sdpa", compile="auto") -> "SFVPipeline":
         from .checkpoints import load_model, load_sfv_unet
 
-        runtime = resolve_runtime(device, dtype, vae_dtype, attention)
+        runtime = resolve_runtime(device, dtype, vae_dtype, attention, compile)
         model = load_model(checkpoint, dtype=runtime.dtype, device=runtime.device)
         if sfv_unet:
             model = load_sfv_unet(sfv_unet, model, dtype=runtime.dtype, device=runtime.device)
         return cls(model, runtime)
+
+    @cached_property
+    def fast(self) -> FastPath:
+        """Compiled / graphed calls, made on first use: by then the weights are where they compute."""
+        return FastPath(self.model, self.runtime)
 
     def condition(self, images: torch.Tensor, **settings) -> tuple[sampling.Conditioning, torch.Tensor]:
         """Start images (B, H, W, C) in [0, 1] -> conditioning on the device, resized images."""
@@ -64,7 +71,7 @@ class SFVPipeline:
         init = None if init_latents is None else sampling.to_model_space(init_latents.float())
         clips, frames, _channels, height, width = cond.latent_shape
         memory.check_model_stages(self.model, clips, frames, height * 8, width * 8, stages=("the UNet pass",))
-        x0 = sampling.sample(self.model.unet, cond, sampling.seeded_generator(seed), steps, init, denoise, callback, mask)
+        x0 = sampling.sample(self.fast.unet, cond, sampling.seeded_generator(seed), steps, init, denoise, callback, mask)
         check_finite(x0, f"sampling produced NaN or infinite values: {numerical_causes(self.runtime.dtype)}.")
         return sampling.to_raw_latent(x0).cpu()
 
@@ -73,7 +80,7 @@ class SFVPipeline:
         height, width = latents.shape[-2] * 8, latents.shape[-1] * 8
         chunk = chunk_frames or latents.shape[1]
         decoding.check_decode_memory(self.model.vae, min(chunk, latents.shape[1]), height, width)
-        frames = decoding.decode_latents(self.model.vae, latents, chunk_frames, overlap, callback)
+        frames = decoding.decode_latents(self.model.vae, latents, chunk_frames, overlap, callback, self.fast.decoder)
         check_finite(frames, f"VAE decoding produced NaN or infinite values: {numerical_causes(self.runtime.vae_dtype)}.")
         return frames
 

@@ -38,6 +38,12 @@ def test_generate_webp_mp4_png_and_latent(checkpoint, tmp_path):
     assert sorted(p.name for p in (tmp_path / "frames").iterdir()) == [f"frame_{i:05d}.png" for i in range(4)]
 
 
+def test_the_run_says_what_it_runs_with(checkpoint, tmp_path, capsys):
+    assert generate(checkpoint, "--compile", "off", "--out", str(tmp_path / "clip.webp")) == 0
+    log = capsys.readouterr().err
+    assert "SF-V runs on cpu: UNet float32, VAE float32, SDPA (" in log and "compile off, CUDA graphs off" in log
+
+
 def test_no_flags_runs_the_bundled_toy_model(tmp_path, monkeypatch, capsys):
     """The README's main job: `python -m sfv_core generate` with nothing else."""
     from sfv_core.assets import TOY_CHECKPOINT, TOY_START_IMAGE

@@ -235,6 +235,14 @@ def test_sfv_unet_and_diffusers_folder(models_root, direct):
     assert torch.equal(latent["samples"], folder_direct.sample(cond, 3).reshape(FRAMES, *LATENT))
 
 
+def test_loader_compile_switch_reaches_the_runtime(models_root):
+    compiled = {switch: run_node("SFVLoader", checkpoint="tiny_svd.safetensors", sfv_unet="none", dtype="auto", attention="sdpa", compile=switch)[0]
+                for switch in ("on", "off")}
+    assert compiled["on"].runtime.compile == "default" and compiled["off"].runtime.compile == "off"
+    (default,) = run_node("SFVLoader", checkpoint="tiny_svd.safetensors", sfv_unet="none", dtype="auto", attention="sdpa")
+    assert default.runtime.compile == ("default" if RUNTIME.compute_device().type == "cuda" else "off")
+
+
 def test_edit_path_encode_then_partial_denoise(sfv_model, direct):
     clip = torch.rand(FRAMES, HEIGHT, WIDTH, 3, generator=torch.Generator().manual_seed(3))
     (encoded,) = run_node("SFVVAEEncode", sfv_model=sfv_model, frames=clip)

@@ -39,20 +39,37 @@ class Weights:
     files: dict[str, Path]  # key -> the file holding it (several files: a sharded part)
 
     @contextmanager
-    def reader(self) -> Iterator[Callable[[str], torch.Tensor]]:
-        """Yields get(key) -> a fresh CPU tensor in the file's dtype.
+    def reader(self) -> Iterator[Callable[[str, torch.dtype], tuple[torch.Tensor, bool]]]:
+        """Yields get(key, dtype) -> (a CPU tensor in the file's dtype, whether the caller owns it).
 
-        Plain reads into a new buffer, not safetensors' memory map: mapped pages that were
-        read stay in the process's resident memory until the whole file is unmapped, so
-        converting dtype on the way (fp32 file -> fp16 model) would peak at file + model.
+        A tensor already in `dtype` (or not floating point) is read into a fresh buffer the
+        caller keeps. One that must be converted is read into a staging buffer reused for every
+        such tensor and valid until the next call: the caller converts it into its own tensor,
+        so each byte is written to fresh memory once (a fresh buffer per tensor would make the
+        kernel fault in and zero file-sized memory a second time).
+        Plain reads, not safetensors' memory map: mapped pages that were read stay in the
+        process's resident memory until the whole file is unmapped, so converting dtype on the
+        way (fp16 file -> fp32 model) would peak at file + model.
         """
         with ExitStack() as stack:
             handles = {path: stack.enter_context(path.open("rb", buffering=0)) for path in set(self.files.values())}
-            yield lambda key: _read_tensor(handles[self.files[key]], self.entries[key], key)
+            staging = torch.empty(0, dtype=torch.uint8)
+
+            def get(key: str, dtype: torch.dtype) -> tuple[torch.Tensor, bool]:
+                nonlocal staging
+                entry = self.entries[key]
+                converted = entry.dtype.is_floating_point and entry.dtype != dtype
+                size = math.prod(entry.shape) * entry.dtype.itemsize
+                if converted and staging.numel() < size:
+                    staging = torch.empty(size, dtype=torch.uint8)
+                into = staging[:size] if converted else torch.empty(size, dtype=torch.uint8)
+                return _read_tensor(handles[self.files[key]], entry, key, into), not converted
+
+            yield get
 
 
-def _read_tensor(handle, entry: TensorEntry, key: str) -> torch.Tensor:
-    data = torch.empty(math.prod(entry.shape) * entry.dtype.itemsize, dtype=torch.uint8)
+def _read_tensor(handle, entry: TensorEntry, key: str, data: torch.Tensor) -> torch.Tensor:
+    """The tensor's bytes read into `data` (uint8, exactly its size), viewed as the tensor."""
     view, filled = memoryview(data.numpy()), 0
     handle.seek(entry.offset)
     while filled < len(view):  # a read may return less than asked

@@ -75,14 +75,24 @@ def _cast(tensor: torch.Tensor, dtype: torch.dtype, device) -> torch.Tensor:
     return tensor.to(device=device, dtype=dtype if tensor.is_floating_point() else tensor.dtype)
 
 
-def _read_state(part: _Part, get: Callable[[str], torch.Tensor], dtype: torch.dtype, device) -> dict[str, torch.Tensor]:
-    """Our state dict of `part`, each tensor read once and cast before the next is read."""
+def _own(view: torch.Tensor, dtype: torch.dtype, device, may_alias: bool) -> torch.Tensor:
+    """`view` as a contiguous tensor of its own in `dtype` on `device`: the read buffer itself
+    where it may be kept (`may_alias`), else one copy, converting on the way."""
+    target = dtype if view.is_floating_point() else view.dtype
+    if may_alias and view.dtype == target and view.is_contiguous():
+        return view.to(device)
+    return torch.empty(view.shape, dtype=target, device=device).copy_(view)
+
+
+def _read_state(part: _Part, get: Callable[[str, torch.dtype], tuple[torch.Tensor, bool]], dtype: torch.dtype, device) -> dict[str, torch.Tensor]:
+    """Our state dict of `part`, each tensor read once and converted before the next is read."""
     read_map = part.read_map()
     state = {}
     for original_key, our_keys in convert.invert(read_map).items():
-        tensor = get(original_key)
+        tensor, owned = get(original_key, dtype)
         for our_key in our_keys:
-            state[our_key] = _cast(convert.from_original(read_map[our_key], tensor), dtype, device)
+            # The slots of a stacked tensor get a storage each (safetensors refuses to save shared ones).
+            state[our_key] = _own(convert.from_original(read_map[our_key], tensor), dtype, device, owned and len(our_keys) == 1)
         del tensor
     return state | {key: _cast(tensor, dtype, device) for key, tensor in part.provided.items()}
 
