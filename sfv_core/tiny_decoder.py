@@ -121,7 +121,7 @@ class TinyDecoder(nn.Module):
         x = torch.relu(self.conv_in(torch.tanh(z / 3) * 3))  # a soft clamp: outlier latents cannot blow up the narrow convs
         new_state = []
         for index, level in enumerate(self.levels):
-            new_state.append(x.unflatten(0, (clips, -1))[:, -1])
+            new_state.append(x.unflatten(0, (clips, -1))[:, -1].clone())  # a copy: a view would keep the whole chunk's features alive
             x = level.memory(x, previous_frames(x, clips, None if state is None else state[index]))
             x = level.blocks(x)
             if level.up is not None:
