@@ -41,7 +41,8 @@ def _add_generate(subparsers) -> None:
     p.add_argument("--init-latent", help="edit an existing clip: a latent file (from --save-latent or ComfyUI's SaveLatent)")
     p.add_argument("--denoise", type=float, default=1.0, help="with --init-latent: 1 regenerates, 2/3 is SF-V level 70.6, 1/3 level 2.27")
     p.add_argument("--decode-chunk", type=int, default=0, help="frames decoded together (0: all); smaller uses less memory")
-    p.add_argument("--decode-overlap", type=int, default=0, help="frames shared by consecutive decode chunks, cross-faded")
+    p.add_argument("--decode-overlap", type=int, default=0, help="frames shared by consecutive decode chunks, cross-faded (full decoder only)")
+    p.add_argument("--decoder", help="a tiny decoder file (from train-decoder) to decode with instead of the checkpoint's temporal VAE: much faster, less fine detail")
     p.add_argument("--device", default="auto")
     p.add_argument("--dtype", choices=DTYPE_CHOICES, default="auto")
     p.add_argument("--vae-dtype", choices=DTYPE_CHOICES, default="auto")
@@ -70,24 +71,29 @@ def run_generate(args) -> None:
     from .conditioning import resize_images, to_rgb
     from .decoding import plan_chunks
     from .pipeline import SFVPipeline
+    from .tiny_decoder import read_config
     from .video_io import check_output_path, clip_paths, load_image, load_latent, save_clip, save_latent
 
     fill_defaults(args)
     check_output_path(args.out)
+    overlap = 0 if args.decoder else args.decode_overlap  # the tiny decoder streams with no seams
+    chunk_plan = plan_chunks(args.frames, args.decode_chunk or None, overlap)  # checks the settings before any model loads
+    if args.decoder:
+        read_config(args.decoder)
     images = [to_rgb(load_image(path)) for path in args.image]
     if len({tuple(image.shape[1:3]) for image in images}) > 1:
         # Start images of different sizes cannot share a batch: fit each to the output size first.
         images = [resize_images(image, args.width, args.height, args.resize).movedim(1, -1) for image in images]
     images = torch.cat(images)
     pipe = SFVPipeline.from_files(args.checkpoint, args.sfv_unet, args.device, args.dtype, args.vae_dtype, args.attention)
+    decoder = pipe.load_decoder(args.decoder) if args.decoder else None
     settings = dict(width=args.width, height=args.height, num_frames=args.frames, fps=args.fps, motion_bucket_id=args.motion_bucket, augmentation=args.aug, variant=args.preprocess, resize=args.resize)
     cond, _ = pipe.condition(images, **settings)
     init = load_latent(args.init_latent, args.frames) if args.init_latent else None
     with tqdm(total=args.steps, desc="sample", unit="step", file=sys.stderr) as bar:
         latents = pipe.sample(cond, args.seed, args.steps, init, args.denoise, callback=lambda i: bar.update(1))
-    chunks = len(plan_chunks(args.frames, args.decode_chunk or None, args.decode_overlap)) * latents.shape[0]
-    with tqdm(total=chunks, desc="decode", unit="chunk", file=sys.stderr) as bar:
-        frames = pipe.decode(latents, args.decode_chunk or None, args.decode_overlap, callback=lambda done, total: bar.update(1))
+    with tqdm(total=len(chunk_plan) * latents.shape[0], desc="decode", unit="chunk", file=sys.stderr) as bar:
+        frames = pipe.decode(latents, args.decode_chunk or None, overlap, callback=lambda done, total: bar.update(1), decoder=decoder)
     for clip, path in zip(frames, clip_paths(args.out, frames.shape[0])):
         print(save_clip(clip, path, args.fps))
     if args.save_latent:

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
-from . import conditioning, decoding, sampling
+from . import conditioning, decoding, sampling, tiny_decoder
 from .models import SVDModel
 from .runtime import Runtime, place, resolve_runtime
 
@@ -49,17 +49,29 @@ class SFVPipeline:
         x0 = sampling.sample(self.model.unet, cond, sampling.seeded_generator(seed), steps, init, denoise, callback)
         return sampling.to_raw_latent(x0).cpu()
 
-    def decode(self, latents: torch.Tensor, chunk_frames: int | None = None, overlap: int = 0, callback=None) -> torch.Tensor:
+    def load_decoder(self, path: str) -> tiny_decoder.TinyDecoder:
+        """A tiny decoder file, checked against this model's latent space, placed like the VAE."""
+        decoder = tiny_decoder.load_tiny_decoder(path, self.runtime.device, self.runtime.vae_dtype)
+        tiny_decoder.check_fits(decoder, self.model.vae)
+        return decoder
+
+    def decode(self, latents: torch.Tensor, chunk_frames: int | None = None, overlap: int = 0, callback=None, decoder: tiny_decoder.TinyDecoder | None = None) -> torch.Tensor:
+        """The decode stage: the model's temporal VAE, or `decoder` (a tiny decoder, streamed
+        `chunk_frames` at a time with no seams, so `overlap` does not apply to it)."""
+        decoding.check_latents(latents)
+        if decoder is not None:
+            tiny_decoder.check_fits(decoder, self.model.vae)
+            return tiny_decoder.decode_latents(decoder, latents, chunk_frames or None, callback)
         height, width = latents.shape[-2] * 8, latents.shape[-1] * 8
         chunk = chunk_frames or latents.shape[1]
         decoding.check_decode_memory(self.model.vae, min(chunk, latents.shape[1]), height, width)
         return decoding.decode_latents(self.model.vae, latents, chunk_frames, overlap, callback)
 
-    def generate(self, images: torch.Tensor, *, seed: int = 0, steps: int = 1, chunk_frames: int | None = None, overlap: int = 0, progress=None, **condition_settings) -> Generation:
+    def generate(self, images: torch.Tensor, *, seed: int = 0, steps: int = 1, chunk_frames: int | None = None, overlap: int = 0, decoder: tiny_decoder.TinyDecoder | None = None, progress=None, **condition_settings) -> Generation:
         """One clip per start image. `progress(stage, done, total)` reports each stage."""
         report = progress or (lambda stage, done, total: None)
         cond, start_images = self.condition(images, **condition_settings)
         report("condition", 1, 1)
         latents = self.sample(cond, seed, steps, callback=lambda i: report("sample", i + 1, steps))
-        frames = self.decode(latents, chunk_frames, overlap, callback=lambda done, total: report("decode", done, total))
+        frames = self.decode(latents, chunk_frames, overlap, callback=lambda done, total: report("decode", done, total), decoder=decoder)
         return Generation(frames=frames, latents=latents, start_images=start_images)

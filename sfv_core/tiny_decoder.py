@@ -57,7 +57,7 @@ class TinyDecoderConfig:
         return json.dumps(dataclasses.asdict(self), sort_keys=True)
 
 
-FULL_CONFIG = TinyDecoderConfig()  # ~0.7 M parameters
+FULL_CONFIG = TinyDecoderConfig()  # 1.15 M parameters (TAESD's decoder: 1.2 M)
 TEST_CONFIG = TinyDecoderConfig(widths=(16, 16, 8, 8), blocks=(1, 1, 1, 0))
 
 
@@ -71,18 +71,31 @@ class ResidualBlock(nn.Module):
         self.conv1, self.conv2 = conv(width, width), conv(width, width)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.relu(x + self.conv2(torch.relu(self.conv1(x))))
+        # In place where autograd allows (a conv does not keep its output): fewer full-size maps alive.
+        out = self.conv2(torch.relu_(self.conv1(x)))
+        return torch.relu_(out.add_(x))
 
 
 class MemoryBlock(nn.Module):
-    """relu(x_t + f(x_t, x_{t-1})): the causal link between frames (x_{-1} of a clip is zeros)."""
+    """relu(x_t + conv2(relu(now(x_t) + past(x_{t-1})))): the causal link between frames.
+
+    `past` is a per-frame conv, so past(x_{t-1}) is past(x) shifted by one frame: the clip's
+    features are never copied into a "previous frames" tensor. A chunk's first frame takes
+    past(state), the previous chunk's last input (zeros at a clip's start: no term)."""
 
     def __init__(self, width: int):
         super().__init__()
-        self.conv1, self.conv2 = conv(2 * width, width), conv(width, width)
+        self.now, self.past, self.conv2 = conv(width, width), conv(width, width, bias=False), conv(width, width)
 
-    def forward(self, x: torch.Tensor, previous: torch.Tensor) -> torch.Tensor:
-        return torch.relu(x + self.conv2(torch.relu(self.conv1(torch.cat([x, previous], dim=1)))))
+    def forward(self, x: torch.Tensor, clips: int, state: torch.Tensor | None) -> torch.Tensor:
+        mixed = self.now(x).unflatten(0, (clips, -1))
+        past = self.past(x).unflatten(0, (clips, -1))
+        mixed[:, 1:] += past[:, :-1]
+        del past
+        if state is not None:
+            mixed[:, 0] += self.past(state.to(x))
+        out = self.conv2(torch.relu_(mixed.flatten(0, 1)))
+        return torch.relu_(out.add_(x))
 
 
 class Level(nn.Module):
@@ -90,17 +103,9 @@ class Level(nn.Module):
         super().__init__()
         self.memory = MemoryBlock(width)
         self.blocks = nn.Sequential(*(ResidualBlock(width) for _ in range(blocks)))
-        # Nearest 2x upsampling, then a conv that also changes the width (no bias, as TAESD).
+        # Into the next level's width here, then nearest 2x upsampling: the conv runs on a
+        # quarter of the pixels and no wide full-size map is ever made.
         self.up = conv(width, next_width, bias=False) if next_width is not None else None
-
-
-def previous_frames(x: torch.Tensor, clips: int, state: torch.Tensor | None) -> torch.Tensor:
-    """Per frame of x (clips * frames, C, H, W), the features of the frame before it: the
-    chunk's own previous frame, or for a chunk's first frame the carried state (zeros at a
-    clip's start)."""
-    frames = x.unflatten(0, (clips, -1))
-    first = torch.zeros_like(frames[:, :1]) if state is None else state.unsqueeze(1).to(frames)
-    return torch.cat([first, frames[:, :-1]], dim=1).flatten(0, 1)
 
 
 class TinyDecoder(nn.Module):
@@ -122,10 +127,9 @@ class TinyDecoder(nn.Module):
         new_state = []
         for index, level in enumerate(self.levels):
             new_state.append(x.unflatten(0, (clips, -1))[:, -1].clone())  # a copy: a view would keep the whole chunk's features alive
-            x = level.memory(x, previous_frames(x, clips, None if state is None else state[index]))
-            x = level.blocks(x)
+            x = level.blocks(level.memory(x, clips, None if state is None else state[index]))
             if level.up is not None:
-                x = level.up(nn.functional.interpolate(x, scale_factor=2.0, mode="nearest"))
+                x = nn.functional.interpolate(level.up(x), scale_factor=2.0, mode="nearest")
         return self.conv_out(x).unflatten(0, (clips, -1)), new_state
 
 
@@ -201,8 +205,8 @@ def save_tiny_decoder(decoder: TinyDecoder, path: str | Path, dtype: torch.dtype
     return str(path)
 
 
-def read_config(path: str | Path) -> TinyDecoderConfig:
-    """The config stored in a tiny decoder file's header (reads the header only)."""
+def read_metadata(path: str | Path) -> dict:
+    """A safetensors file's header metadata (reads the header only)."""
     from safetensors import safe_open
 
     path = Path(path)
@@ -210,23 +214,29 @@ def read_config(path: str | Path) -> TinyDecoderConfig:
         raise CheckpointError(f"tiny decoder file {path} does not exist: check the path, or write one with python -m sfv_core train-decoder.")
     try:
         with safe_open(str(path), "pt") as handle:
-            metadata = handle.metadata() or {}
+            return handle.metadata() or {}
     except Exception as error:  # safetensors' own errors: truncated, not safetensors, ...
         raise CheckpointError(f"{path.name} is not a readable safetensors file ({error}): it may be truncated or a pickle; export it again with python -m sfv_core train-decoder.") from None
+
+
+def read_config(path: str | Path) -> TinyDecoderConfig:
+    """The config stored in a tiny decoder file's header."""
+    metadata, name = read_metadata(path), Path(path).name
     if FORMAT_KEY not in metadata:
-        raise CheckpointError(f"{path.name} is not an SF-V tiny decoder (its header has no {FORMAT_KEY!r} config; TAESD files and checkpoints are other formats): pick a file written by python -m sfv_core train-decoder.")
+        raise CheckpointError(f"{name} is not an SF-V tiny decoder (its header has no {FORMAT_KEY!r} config; TAESD files and checkpoints are other formats): pick a file written by python -m sfv_core train-decoder.")
     try:
         return TinyDecoderConfig(**json.loads(metadata[FORMAT_KEY]))
     except (TypeError, ValueError) as error:
-        raise CheckpointError(f"{path.name} has a tiny decoder config this version cannot read ({error}): export it again with this version's train-decoder.") from None
+        raise CheckpointError(f"{name} has a tiny decoder config this version cannot read ({error}): export it again with this version's train-decoder.") from None
 
 
-def is_tiny_decoder_file(path: str | Path) -> bool:
+def may_be_tiny_decoder_file(path: str | Path) -> bool:
+    """False only for files that are readably something else (checkpoints, UNets, TAESD):
+    a damaged file stays a candidate, so that choosing it says what is wrong with it."""
     try:
-        read_config(path)
+        return FORMAT_KEY in read_metadata(path)
     except CheckpointError:
-        return False
-    return True
+        return True
 
 
 def load_tiny_decoder(path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> TinyDecoder:

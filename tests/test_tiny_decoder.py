@@ -73,7 +73,7 @@ def test_file_rebuilds_the_config_and_the_frames(decoder, latents, tmp_path):
     original = random_decoder(config, seed=3)
     path = tiny.save_tiny_decoder(original, tmp_path / "tiny.safetensors", notes={"teacher": "test"})
     loaded = tiny.load_tiny_decoder(path)
-    assert loaded.config == config and tiny.is_tiny_decoder_file(path)
+    assert loaded.config == config and tiny.may_be_tiny_decoder_file(path)
     assert torch.equal(tiny.decode_latents(loaded, latents), tiny.decode_latents(original, latents))
 
 
@@ -113,7 +113,8 @@ def test_truncated_foreign_and_damaged_files_are_refused(decoder, tmp_path):
     save_file({"decoder.conv_in.weight": torch.zeros(1)}, str(tmp_path / "taesd.safetensors"))
     with pytest.raises(CheckpointError, match="not an SF-V tiny decoder"):
         tiny.load_tiny_decoder(tmp_path / "taesd.safetensors")
-    assert not tiny.is_tiny_decoder_file(tmp_path / "taesd.safetensors")
+    assert not tiny.may_be_tiny_decoder_file(tmp_path / "taesd.safetensors")
+    assert tiny.may_be_tiny_decoder_file(tmp_path / "header.safetensors")  # listed, so that picking it says it is truncated
     state = {k: v for k, v in decoder.state_dict().items() if k != "conv_out.bias"}
     save_file(state, str(tmp_path / "damaged.safetensors"), metadata={tiny.FORMAT_KEY: decoder.config.to_json()})
     with pytest.raises(CheckpointError, match="missing \\['conv_out.bias'\\]"):
