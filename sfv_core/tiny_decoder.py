@@ -36,7 +36,7 @@ def _help(text: str, default):
     return field(default=default, metadata={"help": text})
 
 
-@dataclass(frozen=True)
+@dataclass
 class TinyDecoderConfig:
     latent_channels: int = _help("Channels of the latent it decodes (SVD's VAE: 4).", 4)
     widths: tuple = _help("Channels of each level, from the latent's resolution up; each level after the first doubles the size (4 levels: 8x, as SVD's VAE). Narrow at full resolution, where the pixels are.", (96, 64, 32, 16))
@@ -44,8 +44,7 @@ class TinyDecoderConfig:
     latent_scale: float = _help("Raw latents are multiplied by this before the first conv (SVD's scaling factor: unit-variance inputs).", VAE_SCALING_FACTOR)
 
     def __post_init__(self):
-        object.__setattr__(self, "widths", tuple(int(w) for w in self.widths))
-        object.__setattr__(self, "blocks", tuple(int(b) for b in self.blocks))
+        self.widths, self.blocks = tuple(int(w) for w in self.widths), tuple(int(b) for b in self.blocks)
         if self.latent_channels < 1 or not self.widths or min(self.widths) < 1 or len(self.blocks) != len(self.widths) or min(self.blocks) < 0:
             raise InputError(f"a tiny decoder needs latent_channels >= 1, one or more positive widths and one block count >= 0 per width, got {self}.")
 

@@ -136,32 +136,42 @@ class TrainConfig:
     run: RunConfig = field(default_factory=RunConfig)
 
     def validate(self) -> "TrainConfig":
-        checks = [
+        checks = common_checks(self) + [
             (self.loss.mode in LOSS_MODES, f"loss.mode must be one of {LOSS_MODES}"),
             (bool(self.loss.generator_levels) and all(isinstance(s, (int, float)) and s > 0 for s in self.loss.generator_levels), "loss.generator_levels must be a list of positive noise levels"),
             (self.loss.r1_mode in R1_MODES, f"loss.r1_mode must be one of {R1_MODES}"),
             (self.loss.r1_interval >= 1 and self.loss.r1_delta > 0, "loss.r1_interval must be >= 1 and loss.r1_delta > 0"),
-            (self.run.mixed_precision in PRECISIONS, f"run.mixed_precision must be one of {PRECISIONS}"),
-            (self.run.export_dtype in PRECISIONS, f"run.export_dtype must be one of {PRECISIONS}"),
             (self.discriminator.heads in ("both", "spatial", "temporal"), "discriminator.heads must be both, spatial or temporal"),
-            (self.data.width % 8 == 0 and self.data.height % 8 == 0, "data.width and data.height must be multiples of 8 (64 is safer)"),
-            (self.data.num_frames >= 2, "data.num_frames must be at least 2"),
-            (self.optim.gradient_accumulation >= 1 and self.data.batch_size >= 1, "batch_size and gradient_accumulation must be >= 1"),
-            (bool(self.model.path), f"model.path is empty: point it at an SVD single file or diffusers folder ('{TINY_RANDOM}' for tests)"),
-            (bool(self.data.path) or bool(self.data.latent_cache), "data.path is empty: point it at a folder of videos or frame folders"),
         ]
-        for ok, message in checks:
-            if not ok:
-                raise InputError(message)
-        return self
+        return raise_failed(checks, self)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
 
-def sections() -> dict[str, type]:
-    """{'model': ModelConfig, 'data': DataConfig, ...}"""
-    return typing.get_type_hints(TrainConfig)
+def common_checks(config) -> list[tuple[bool, str]]:
+    """Checks of the sections every trainer's config has: model, data, optim, run."""
+    return [
+        (config.run.mixed_precision in PRECISIONS, f"run.mixed_precision must be one of {PRECISIONS}"),
+        (config.run.export_dtype in PRECISIONS, f"run.export_dtype must be one of {PRECISIONS}"),
+        (config.data.width % 8 == 0 and config.data.height % 8 == 0, "data.width and data.height must be multiples of 8 (64 is safer)"),
+        (config.data.num_frames >= 2, "data.num_frames must be at least 2"),
+        (config.optim.gradient_accumulation >= 1 and config.data.batch_size >= 1, "batch_size and gradient_accumulation must be >= 1"),
+        (bool(config.model.path), f"model.path is empty: point it at an SVD single file or diffusers folder ('{TINY_RANDOM}' for tests)"),
+        (bool(config.data.path) or bool(config.data.latent_cache), "data.path is empty: point it at a folder of videos or frame folders"),
+    ]
+
+
+def raise_failed(checks: list[tuple[bool, str]], config):
+    for ok, message in checks:
+        if not ok:
+            raise InputError(message)
+    return config
+
+
+def sections(root: type = TrainConfig) -> dict[str, type]:
+    """{'model': ModelConfig, 'data': DataConfig, ...} of a trainer's config class."""
+    return typing.get_type_hints(root)
 
 
 def _field_types(section_type: type) -> dict[str, typing.Any]:
@@ -184,14 +194,16 @@ def _coerce(value, expected, key: str):
             pass
     if expected is str and isinstance(value, (int, float)) and not isinstance(value, bool):
         return str(value)
+    if expected is tuple and isinstance(value, list):  # YAML has lists only
+        return tuple(value)
     if isinstance(value, expected):
         return value
     raise InputError(f"config field {key} expects {expected.__name__}, got {value!r}")
 
 
-def apply_values(config: TrainConfig, values: dict, origin: str) -> TrainConfig:
+def apply_values(config, values: dict, origin: str):
     """Set `{section: {field: value}}` onto `config`, rejecting unknown keys by name."""
-    known = sections()
+    known = sections(type(config))
     for section_name, entries in (values or {}).items():
         if section_name not in known:
             raise InputError(f"{origin}: unknown config section {section_name!r}; sections are {sorted(known)}")
@@ -206,9 +218,9 @@ def apply_values(config: TrainConfig, values: dict, origin: str) -> TrainConfig:
     return config
 
 
-def resolve_key(key: str) -> tuple[str, str]:
+def resolve_key(key: str, root: type = TrainConfig) -> tuple[str, str]:
     """'section.field', or a bare field name that exists in exactly one section."""
-    known = sections()
+    known = sections(root)
     if "." in key:
         section, name = key.split(".", 1)
         if section not in known:
@@ -221,35 +233,35 @@ def resolve_key(key: str) -> tuple[str, str]:
     return matches[0], key
 
 
-def parse_overrides(pairs: list[str]) -> dict:
+def parse_overrides(pairs: list[str], root: type = TrainConfig) -> dict:
     """['run.steps=10', 'lr_generator=2e-5'] -> {'run': {'steps': 10}, 'optim': {...}}; values are YAML."""
     values: dict = {}
     for pair in pairs or []:
         if "=" not in pair:
             raise InputError(f"--set expects key=value, got {pair!r}")
         key, text = pair.split("=", 1)
-        section, name = resolve_key(key.strip())
-        expected = _field_types(sections()[section]).get(name)
+        section, name = resolve_key(key.strip(), root)
+        expected = _field_types(sections(root)[section]).get(name)
         # Text fields keep the text as typed (YAML would turn e.g. "no" into False).
         values.setdefault(section, {})[name] = text if expected is str else yaml.safe_load(text)
     return values
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> TrainConfig:
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None, root: type = TrainConfig):
     """Defaults, then the YAML file, then `--set` overrides."""
-    config = TrainConfig()
+    config = root()
     if path:
         text = Path(path).read_text(encoding="utf-8")
         apply_values(config, yaml.safe_load(text) or {}, str(path))
-    return apply_values(config, parse_overrides(overrides or []), "--set")
+    return apply_values(config, parse_overrides(overrides or [], root), "--set")
 
 
-def help_text() -> str:
+def help_text(root: type = TrainConfig) -> str:
     """Every field with its type, default and doc, for `train --help`."""
     import textwrap
 
     lines = ["config fields (YAML section: field; override with --set section.field=value):"]
-    for section_name, section_type in sections().items():
+    for section_name, section_type in sections(root).items():
         lines.append(f"\n  {section_name}:")
         types = _field_types(section_type)
         for f in dataclasses.fields(section_type):
@@ -260,12 +272,12 @@ def help_text() -> str:
     return "\n".join(lines)
 
 
-def to_yaml(config: TrainConfig) -> str:
+def to_yaml(config) -> str:
     """The config as YAML with every field's help as a comment (configs/train_sfv.yaml is this)."""
     import textwrap
 
     lines = []
-    for section_name in sections():
+    for section_name in sections(type(config)):
         section = getattr(config, section_name)
         lines.append(f"{section_name}:")
         for f in dataclasses.fields(section):
