@@ -15,8 +15,8 @@ DEMO_IMAGE = ASSETS / "start.png"
 # and length it was trained for. With a checkpoint, SVD's own defaults apply.
 TOY_CHECKPOINT = ASSETS / "sfv_toy.safetensors"
 TOY_START_IMAGE = ASSETS / "toy_start.png"
-# A tiny decoder distilled from the toy model's VAE (`python -m sfv_core.toy.decoder --ship`):
-# try it with `generate --decoder`; the demo's default decode stays the full decoder.
+# Where `python -m sfv_core.toy.decoder --ship` puts the tiny decoder it distils from the toy
+# model's VAE (for `generate --decoder`); the demo's default decode stays the full decoder.
 TOY_TINY_DECODER = ASSETS / "sfv_toy_tiny_decoder.safetensors"
 TOY_DEFAULTS = dict(image=[str(TOY_START_IMAGE)], width=64, height=64, frames=8)
 SVD_DEFAULTS = dict(image=[str(DEMO_IMAGE)], width=1024, height=576, frames=14)
