@@ -4,12 +4,18 @@
     python benchmarks/bench_engine.py diffusers [--config tiny|full] [--steps 25]
     python benchmarks/bench_engine.py load      [--file PATH]   (writes a random full-size fp16 file if absent)
     python benchmarks/bench_engine.py decode    [--config tiny|full] [--chunks 14,7,4,2] [--overlap 2]
+    python benchmarks/bench_engine.py load-vs-comfyui --comfyui /path/to/ComfyUI [--file PATH] [--dtype float32]
+                                                [--baseline /path/to/another/checkout/of/this/repo]
 
 overhead: one-step end-to-end time / sum of the bare component forwards (CLIP, VAE encode,
 UNet, VAE decode) at the same settings; the bar is 1.05.
 diffusers: end-to-end speed-up over diffusers' StableVideoDiffusionPipeline at its defaults
 (25 steps, guidance 1.0 -> 3.0), same weights and settings.
 load: load time of a full-size single file vs reading its bytes (bar 1.5x); peak RSS vs model size (bar 1.3x).
+load-vs-comfyui: the same file loaded by ComfyUI's load_checkpoint_guess_config (CPU) and by
+sfv_core's load_model, each in a fresh process with its libraries imported first, sides
+alternated; the bar is 1.0x ComfyUI's time and peak RSS at most 1.15x the model. Run it with the
+Python that has ComfyUI's requirements; without --comfyui only sfv_core is measured, with a note.
 decode: peak memory of temporal decode against chunk size; PSNR of chunked decode (with and
 without overlap) against all-at-once decode.
 Random weights throughout: the numbers are about time and memory, not picture quality.
@@ -29,7 +35,8 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
 
 from sfv_core import conditioning, decoding, sampling  # noqa: E402
 from sfv_core.models import FULL, TINY, build_random_model, build_vae  # noqa: E402
@@ -61,7 +68,7 @@ def configs_named(name: str):
 def start_image() -> torch.Tensor:
     from sfv_core.video_io import load_image
 
-    return conditioning.to_rgb(load_image(Path(__file__).resolve().parents[1] / "sfv_core" / "assets" / "start.png"))
+    return conditioning.to_rgb(load_image(ROOT / "sfv_core" / "assets" / "start.png"))
 
 
 def bench_overhead(args) -> None:
@@ -141,22 +148,6 @@ def _write_full_size_file(path: Path) -> None:
     save_single_file(model, path)
 
 
-def _load_in_child(path: str, queue) -> None:
-    # Import the model libraries first: a once-per-process cost, not part of loading a file.
-    import diffusers.models.autoencoders.vae  # noqa: F401
-    from diffusers import AutoencoderKLTemporalDecoder, UNetSpatioTemporalConditionModel  # noqa: F401
-    from transformers import CLIPVisionModelWithProjection  # noqa: F401
-
-    from sfv_core.checkpoints import load_model
-
-    baseline = peak_rss_bytes()
-    start = time.perf_counter()
-    model = load_model(path, dtype=torch.float16)
-    elapsed = time.perf_counter() - start
-    size = sum(t.numel() * t.element_size() for m in model.modules.values() for t in m.state_dict().values())
-    queue.put({"load_s": elapsed, "peak_rss": peak_rss_bytes(), "baseline_rss": baseline, "model_bytes": size})
-
-
 def _read_in_child(path: str, keep: bool, queue) -> None:
     """Read every byte of the file: into one reused 64 MB buffer, or (keep) into memory it stays in."""
     start = time.perf_counter()
@@ -173,13 +164,24 @@ def _read_in_child(path: str, keep: bool, queue) -> None:
     queue.put({"read_s": time.perf_counter() - start})
 
 
+def _reporting(target, *args) -> None:
+    """Run `target(*args, queue)`; an exception is reported through the queue, so the parent never waits forever."""
+    queue = args[-1]
+    try:
+        target(*args)
+    except BaseException as error:  # noqa: BLE001  reported, then re-raised in the parent
+        queue.put({"error": f"{target.__name__}: {type(error).__name__}: {error}"})
+
+
 def _in_child(target, *args):
     context = multiprocessing.get_context("spawn")
     queue = context.Queue()
-    process = context.Process(target=target, args=(*args, queue))
+    process = context.Process(target=_reporting, args=(target, *args, queue))
     process.start()
     result = queue.get()
     process.join()
+    if "error" in result:
+        raise RuntimeError(result["error"])
     return result
 
 
@@ -192,7 +194,7 @@ def bench_load(args) -> None:
     for _ in range(args.repeats):
         runs["read_reused"].append(_in_child(_read_in_child, str(path), False)["read_s"])
         runs["read_kept"].append(_in_child(_read_in_child, str(path), True)["read_s"])
-        load = _in_child(_load_in_child, str(path))
+        load = _in_child(_sfv_load_in_child, str(ROOT), str(path), "float16")
         runs["load"].append(load["load_s"])
     read_reused, read_kept, load_s = (statistics.median(runs[name]) for name in ("read_reused", "read_kept", "load"))
     model_gb = load["model_bytes"] / 1e9
@@ -201,6 +203,75 @@ def bench_load(args) -> None:
          time_ratio_vs_kept=round(load_s / read_kept, 3), time_ratio_vs_reused=round(load_s / read_reused, 3), time_bar=1.5,
          peak_rss_gb=round(load["peak_rss"] / 1e9, 3), rss_ratio=round(load["peak_rss"] / load["model_bytes"], 3), rss_bar=1.3,
          process_baseline_rss_gb=round(load["baseline_rss"] / 1e9, 3))
+
+
+def _sfv_load_in_child(root: str, path: str, dtype: str, queue) -> None:
+    """load_model of the sfv_core under `root` (this checkout, or a baseline one)."""
+    for name in [name for name in sys.modules if name == "sfv_core" or name.startswith("sfv_core.")]:
+        del sys.modules[name]  # the spawned child imported this checkout's sfv_core with this script
+    sys.path.insert(0, root)
+    import diffusers.models.autoencoders.vae  # noqa: F401
+    from diffusers import AutoencoderKLTemporalDecoder, UNetSpatioTemporalConditionModel  # noqa: F401
+    from transformers import CLIPVisionModelWithProjection  # noqa: F401
+
+    from sfv_core.checkpoints import load_model
+
+    baseline = peak_rss_bytes()
+    start = time.perf_counter()
+    model = load_model(path, dtype=getattr(torch, dtype))
+    elapsed = time.perf_counter() - start
+    size = sum(t.numel() * t.element_size() for m in model.modules.values() for t in m.state_dict().values())
+    queue.put({"load_s": elapsed, "peak_rss": peak_rss_bytes(), "baseline_rss": baseline, "model_bytes": size})
+
+
+def _comfyui_load_in_child(comfyui: str, path: str, queue) -> None:
+    sys.path.insert(0, comfyui)
+    sys.argv = [sys.argv[0], "--cpu"]
+    import comfy.options
+
+    comfy.options.enable_args_parsing()
+    import comfy.sd
+
+    baseline = peak_rss_bytes()
+    start = time.perf_counter()
+    model, _clip, vae, clip_vision = comfy.sd.load_checkpoint_guess_config(path, output_vae=True, output_clip=False, output_clipvision=True)
+    elapsed = time.perf_counter() - start
+    modules = [model.model, vae.first_stage_model, clip_vision.model]
+    size = sum(t.numel() * t.element_size() for m in modules for t in m.state_dict().values())
+    queue.put({"load_s": elapsed, "peak_rss": peak_rss_bytes(), "baseline_rss": baseline, "model_bytes": size,
+               "dtype": str(next(model.model.parameters()).dtype)})
+
+
+def bench_load_vs_comfyui(args) -> None:
+    path = Path(args.file)
+    if not path.exists():
+        _write_full_size_file(path)
+    sides = {"sfv": (_sfv_load_in_child, str(ROOT), str(path), args.dtype)}
+    if args.baseline:
+        sides["sfv_baseline"] = (_sfv_load_in_child, args.baseline, str(path), args.dtype)
+    if args.comfyui:
+        sides["comfyui"] = (_comfyui_load_in_child, args.comfyui, str(path))
+    else:
+        emit(bench="load_vs_comfyui", note="ComfyUI not measured: pass --comfyui /path/to/ComfyUI and run with a Python that has its requirements")
+    _in_child(_read_in_child, str(path), False)  # warm the page cache for every side alike
+    runs = {name: [] for name in sides}
+    for _ in range(args.repeats):
+        for name, (target, *target_args) in sides.items():
+            runs[name].append(_in_child(target, *target_args))
+    record = dict(bench="load_vs_comfyui", file_gb=round(path.stat().st_size / 1e9, 3), sfv_dtype=args.dtype, repeats=args.repeats,
+                  threads=torch.get_num_threads(), load_average_1min=round(os.getloadavg()[0], 2))
+    for name, results in runs.items():
+        record[f"{name}_load_s"] = round(statistics.median(r["load_s"] for r in results), 3)
+        record[f"{name}_all_s"] = [round(r["load_s"], 2) for r in results]
+        record[f"{name}_model_gb"] = round(results[0]["model_bytes"] / 1e9, 3)
+        record[f"{name}_peak_rss_gb"] = round(max(r["peak_rss"] for r in results) / 1e9, 3)
+        record[f"{name}_rss_ratio"] = round(max(r["peak_rss"] for r in results) / results[0]["model_bytes"], 3)
+        record[f"{name}_rss_ratio_above_imports"] = round(max(r["peak_rss"] - r["baseline_rss"] for r in results) / results[0]["model_bytes"], 3)
+    if "comfyui" in runs:
+        record["comfyui_dtype"] = runs["comfyui"][0]["dtype"]
+        record["time_ratio_sfv_vs_comfyui"] = round(record["sfv_load_s"] / record["comfyui_load_s"], 3)
+        record["time_bar"], record["rss_bar"] = 1.0, 1.15
+    emit(**record)
 
 
 def _decode_in_child(config: str, frames: int, height: int, width: int, chunk: int, overlap: int, queue) -> None:
@@ -233,8 +304,8 @@ def bench_decode(args) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("bench", choices=["overhead", "diffusers", "load", "decode"])
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False)
+    parser.add_argument("bench", choices=["overhead", "diffusers", "load", "decode", "load-vs-comfyui"])
     parser.add_argument("--config", choices=["tiny", "full"], default="tiny")
     parser.add_argument("--width", type=int, default=256)
     parser.add_argument("--height", type=int, default=144)
@@ -244,8 +315,12 @@ def main() -> None:
     parser.add_argument("--file", default="/tmp/sfv_full_fp16.safetensors")
     parser.add_argument("--chunks", default="14,7,4,2")
     parser.add_argument("--overlap", type=int, default=2)
+    parser.add_argument("--comfyui", help="load-vs-comfyui: root of a ComfyUI checkout (its requirements installed in this Python)")
+    parser.add_argument("--baseline", help="load-vs-comfyui: root of another checkout of this repository, measured as a third side")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"], help="load-vs-comfyui: sfv_core's load dtype")
     args = parser.parse_args()
-    {"overhead": bench_overhead, "diffusers": bench_diffusers, "load": bench_load, "decode": bench_decode}[args.bench](args)
+    benches = {"overhead": bench_overhead, "diffusers": bench_diffusers, "load": bench_load, "decode": bench_decode, "load-vs-comfyui": bench_load_vs_comfyui}
+    benches[args.bench](args)
 
 
 if __name__ == "__main__":

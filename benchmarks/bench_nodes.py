@@ -31,7 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from sfv_core.checkpoints import save_single_file  # noqa: E402
-from sfv_core.cli import DEMO_IMAGE  # noqa: E402
+from sfv_core.assets import DEMO_IMAGE  # noqa: E402
 from sfv_core.models import FULL, TINY, build_random_model  # noqa: E402
 from sfv_core.pipeline import SFVPipeline  # noqa: E402
 from sfv_core.video_io import load_image  # noqa: E402
@@ -124,7 +124,7 @@ def measure(graph: NodeGraph, direct: Direct, image, settings, seed, chunk, repe
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], allow_abbrev=False)
     parser.add_argument("--full", action="store_true", help="full-size SVD architecture (random weights) instead of the tiny one")
     parser.add_argument("--width", type=int, default=256)
     parser.add_argument("--height", type=int, default=144)

@@ -177,7 +177,7 @@ def bench_stream(args) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False)
     parser.add_argument("bench", choices=["speed", "stream"])
     parser.add_argument("--shapes", default="14x256x144,4x1024x576", help="frames x width x height, comma-separated")
     parser.add_argument("--rounds", type=int, default=2, help="alternating rounds for small shapes (the 1024x576 shape runs one)")

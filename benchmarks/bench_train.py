@@ -269,7 +269,7 @@ def estimate(args) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False)
     parser.add_argument("--estimate", action="store_true", help="paper-size memory estimate on the meta device")
     parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--frames", type=int, default=14)

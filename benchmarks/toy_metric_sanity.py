@@ -39,7 +39,7 @@ DEGRADATIONS = {
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False)
     parser.add_argument("--clips", type=int, default=100)
     args = parser.parse_args()
     reference = metric.video_features(data.to_float(data.generate_split("heldout", args.clips)))

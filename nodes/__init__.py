@@ -1,6 +1,7 @@
 """ComfyUI adapters of sfv_core: each node declares its inputs, calls sfv_core, wraps the outputs."""
 
 from .conditioner import SFVImageConditioner
+from .extend import SFVExtendClip
 from .loader import SFVLoader
 from .sampler import SFVOneStepSampler
 from .vae import SFVTemporalVAEDecode, SFVVAEEncode
@@ -11,6 +12,7 @@ NODE_CLASS_MAPPINGS = {
     "SFVOneStepSampler": SFVOneStepSampler,
     "SFVTemporalVAEDecode": SFVTemporalVAEDecode,
     "SFVVAEEncode": SFVVAEEncode,
+    "SFVExtendClip": SFVExtendClip,
 }
 
 NODE_DISPLAY_NAME_MAPPINGS = {
@@ -19,4 +21,5 @@ NODE_DISPLAY_NAME_MAPPINGS = {
     "SFVOneStepSampler": "SFV One-Step Sampler",
     "SFVTemporalVAEDecode": "SFV Temporal VAE Decode",
     "SFVVAEEncode": "SFV VAE Encode",
+    "SFVExtendClip": "SFV Extend Clip",
 }

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from ..sfv_core import limits, memory
 from ..sfv_core.conditioning import RESIZE_MODES, VARIANTS, check_video_size
-from ..sfv_core.decoding import decode_bytes_per_frame
 from ..sfv_core.errors import SFVError
+from ..sfv_core.models import check_unet_can_run
 from . import comfy_runtime
 from .model import user_errors
 
@@ -30,12 +31,12 @@ class SFVImageConditioner:
             "required": {
                 "sfv_model": ("SFV_MODEL", {"tooltip": "The model from SFV Loader."}),
                 "image": ("IMAGE", {"tooltip": "Start image(s): the first frame of each clip. A batch of N images makes N clips."}),
-                "width": ("INT", {"default": 1024, "min": 64, "max": 16384, "step": 8, "tooltip": "Video width in pixels, a multiple of 8 (64 is safest). SVD was trained at 1024x576."}),
-                "height": ("INT", {"default": 576, "min": 64, "max": 16384, "step": 8, "tooltip": "Video height in pixels, a multiple of 8 (64 is safest)."}),
-                "frames": ("INT", {"default": 14, "min": 1, "max": 4096, "tooltip": "Frames per clip. SVD img2vid and SF-V were trained on 14."}),
-                "fps": ("INT", {"default": 7, "min": 1, "max": 1024, "tooltip": "Frame rate the model is told (fps - 1 goes in, as in training at 7). Use the same number when saving the video."}),
-                "motion_bucket_id": ("INT", {"default": 127, "min": 0, "max": 1023, "tooltip": "How much motion: higher moves more. Trained around 127."}),
-                "augmentation": ("FLOAT", {"default": 0.02, "min": 0.0, "max": 10.0, "step": 0.01, "tooltip": "Noise added to the start frame before VAE encoding (0.02 in training). More lets the video drift further from the image."}),
+                "width": ("INT", {"default": 1024, **limits.WIDTH.widget(), "step": 8, "tooltip": "Video width in pixels, a multiple of 8, at least 64. SVD was trained at 1024x576."}),
+                "height": ("INT", {"default": 576, **limits.HEIGHT.widget(), "step": 8, "tooltip": "Video height in pixels, a multiple of 8, at least 64."}),
+                "frames": ("INT", {"default": 14, **limits.FRAMES.widget(), "tooltip": "Frames per clip. SVD img2vid and SF-V were trained on 14."}),
+                "fps": ("INT", {"default": 7, **limits.FPS.widget(), "tooltip": "Frame rate the model is told (fps - 1 goes in, as in training at 7). Use the same number when saving the video."}),
+                "motion_bucket_id": ("INT", {"default": 127, **limits.MOTION_BUCKET.widget(), "tooltip": "How much motion: higher moves more. Trained around 127."}),
+                "augmentation": ("FLOAT", {"default": 0.02, **limits.AUGMENTATION.widget(), "step": 0.01, "tooltip": "Noise added to the start frame before VAE encoding (0.02 in training). More lets the video drift further from the image."}),
                 "resize": (list(RESIZE_MODES), {"default": "crop", "tooltip": "How the image is fitted to width x height. crop: fill the frame, trimming the long side; pad: fit inside with black bars; stretch: squash."}),
                 "variant": (list(VARIANTS), {"default": "reference", "tooltip": "reference: preprocessing as SVD was trained (and as diffusers samples). comfyui_native: exactly ComfyUI's SVD_img2vid_Conditioning, to match the native SVD path."}),
             }
@@ -55,9 +56,10 @@ class SFVImageConditioner:
         with user_errors():
             check_video_size(width, height, frames)
             clips = image.shape[0] if image.ndim == 4 else 1
-            # The VAE encoder's working memory stays below the temporal decoder's per frame.
-            memory = decode_bytes_per_frame(sfv_model.model.vae, height, width) * clips
-            pipeline = sfv_model.use("image_encoder", "vae", memory_required=memory)
+            check_unet_can_run(sfv_model.model.unet.config, width, height, frames, clips)
+            vae = sfv_model.model.vae
+            workspace = memory.encode_bytes(vae.config, sfv_model.runtime.vae_dtype, clips, height, width)
+            pipeline = sfv_model.use("image_encoder", "vae", memory_required=workspace)
             conditioning, start_images = pipeline.condition(
                 image, width=width, height=height, num_frames=frames, fps=fps, motion_bucket_id=motion_bucket_id,
                 augmentation=augmentation, variant=variant, resize=resize,

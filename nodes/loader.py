@@ -14,6 +14,7 @@ SFV_FOLDER = "sfv"  # models/sfv: SF-V UNet weights (what the trainer writes)
 WEIGHT_EXTENSIONS = (".safetensors", ".sft", ".ckpt", ".pt", ".pth", ".bin")
 DIFFUSERS_PREFIX = "[diffusers] "
 NO_UNET = "none"
+COMPILE_SWITCH = {"auto": "auto", "off": "off", "on": "default"}  # the node's switch -> sfv_core's compile mode
 
 comfy_runtime.register_model_folder(SFV_FOLDER)
 
@@ -26,9 +27,21 @@ def _diffusers_folders() -> dict[str, str]:
     """Listed name -> path of each diffusers folder (one with model_index.json) in models/diffusers."""
     found = {}
     for root in comfy_runtime.model_folders("diffusers"):
-        for folder, _dirs, files in os.walk(root, followlinks=True):
+        seen: set[tuple[int, int]] = set()  # folders by (device, inode): links are followed, loops are not
+        for folder, dirs, files in os.walk(root, followlinks=True):
+            try:
+                identity = os.stat(folder)
+            except OSError:
+                dirs[:] = []
+                continue
+            if (identity.st_dev, identity.st_ino) in seen:
+                dirs[:] = []
+                continue
+            seen.add((identity.st_dev, identity.st_ino))
+            dirs.sort()  # a folder reached by two paths is listed under the first in name order
             if "model_index.json" in files:
                 found.setdefault(DIFFUSERS_PREFIX + os.path.relpath(folder, root), folder)
+                dirs[:] = []  # its unet/, vae/ ... are parts of it, not models of their own
     return dict(sorted(found.items()))
 
 
@@ -71,14 +84,18 @@ class SFVLoader:
                 "sfv_unet": ([NO_UNET, *_weight_files(SFV_FOLDER)], {"default": NO_UNET, "tooltip": f"SF-V UNet weights from models/{SFV_FOLDER} that replace the checkpoint's UNet (one-step generation). '{NO_UNET}' keeps the checkpoint's own UNet."}),
                 "dtype": (list(DTYPE_CHOICES), {"default": "auto", "tooltip": "Weight and compute precision of the UNet and image encoder. auto: bf16 on GPUs that support it, else fp16; fp32 on the CPU. The VAE runs in fp32 next to fp16 (it overflows in fp16)."}),
                 "attention": (list(ATTENTION_CHOICES), {"default": "sdpa", "tooltip": "sdpa: PyTorch's fused attention (fast, little memory). eager: plain matmul-softmax (for debugging or odd devices)."}),
-            }
+            },
+            # Optional, so that workflows and API prompts saved before it existed still run.
+            "optional": {
+                "compile": (list(COMPILE_SWITCH), {"default": "auto", "tooltip": "torch.compile of the UNet and the temporal decoder, once per size (the first run at a new size waits for it; re-runs with a new seed reuse it). auto: on with an NVIDIA GPU, off on the CPU. Falls back to uncompiled, with a warning, where compiling fails (e.g. no Triton)."}),
+            },
         }
 
-    def load(self, checkpoint, sfv_unet, dtype, attention):
+    def load(self, checkpoint, sfv_unet, dtype, attention, compile="auto"):
         from ..sfv_core.checkpoints import load_model, load_sfv_unet
 
         with user_errors():
-            runtime = resolve_runtime(comfy_runtime.compute_device(), dtype, "auto", attention)
+            runtime = resolve_runtime(comfy_runtime.compute_device(), dtype, "auto", attention, COMPILE_SWITCH[compile])
             storage = comfy_runtime.storage_device()
             model = load_model(checkpoint_path(checkpoint), dtype=runtime.dtype, device=storage)
             unet_path = sfv_unet_path(sfv_unet)

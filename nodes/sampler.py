@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
+from ..sfv_core import limits
 from ..sfv_core.errors import InputError
-from ..sfv_core.sampling import MAX_STEPS, Conditioning
+from ..sfv_core.sampling import MAX_STEPS, Conditioning, sampling_levels, sigma_for_denoise
 from . import comfy_runtime
 from . import latent as latent_layout
 from .model import SFVModel, user_errors
-
-SEED_MAX = 0xFFFFFFFFFFFFFFFF
 
 
 def check_fits(sfv_model: SFVModel, conditioning: Conditioning) -> None:
@@ -25,7 +24,8 @@ def check_fits(sfv_model: SFVModel, conditioning: Conditioning) -> None:
 class SFVOneStepSampler:
     DESCRIPTION = (
         "Generates the clips' latents in one UNet pass (SF-V), or in up to 4 passes on SF-V's noise levels. "
-        "With a LATENT and denoise below 1 it re-renders an existing clip (SDEdit style). Outputs a standard "
+        "With a LATENT and denoise below 1 it re-renders an existing clip (SDEdit style); a LATENT's noise mask "
+        "(Set Latent Noise Mask) limits that to the masked region, as in KSampler. Outputs a standard "
         "LATENT: raw VAE latents, frames in the batch, clips one after another."
     )
     CATEGORY = "SF-V"
@@ -40,19 +40,23 @@ class SFVOneStepSampler:
             "required": {
                 "sfv_model": ("SFV_MODEL", {"tooltip": "The model from SFV Loader (with an SF-V UNet for one-step results)."}),
                 "conditioning": ("SFV_CONDITIONING", {"tooltip": "From SFV Image Conditioner: start images, frame count, size, motion."}),
-                "seed": ("INT", {"default": 0, "min": 0, "max": SEED_MAX, "control_after_generate": True, "tooltip": "Seed of the noise. The same seed gives ComfyUI's KSampler noise for the same latent shape."}),
-                "steps": ("INT", {"default": 1, "min": 1, "max": MAX_STEPS, "tooltip": f"UNet passes. SF-V is trained for 1; 2 to {MAX_STEPS} re-noise to its lower training levels (70.6, 2.27) and refine."}),
+                "seed": ("INT", {"default": 0, **limits.SEED.widget(), "control_after_generate": True, "tooltip": "Seed of the noise. The same seed gives ComfyUI's KSampler noise for the same latent shape."}),
+                "steps": ("INT", {"default": 1, **limits.STEPS.widget(), "tooltip": f"UNet passes. SF-V is trained for 1; 2 to {MAX_STEPS} re-noise to its lower training levels (70.54, 2.27) and refine."}),
             },
             "optional": {
                 "latent": ("LATENT", {"tooltip": "A clip to re-render (e.g. from SFV VAE Encode), same frames and size as the conditioning. Leave empty to generate from noise."}),
-                "denoise": ("FLOAT", {"default": 1.0, "min": 0.001, "max": 1.0, "step": 0.001, "tooltip": "With a LATENT: how much to change it. 1.0 regenerates; 0.667 and 0.333 start at SF-V's training levels 70.6 and 2.27. Needs a LATENT below 1.0."}),
+                "denoise": ("FLOAT", {"default": 1.0, **limits.DENOISE.widget(), "step": 0.001, "tooltip": "With a LATENT: how much to change it. 1.0 regenerates; 0.667 and 0.333 start at SF-V's training levels 70.54 and 2.27. Needs a LATENT below 1.0."}),
             },
         }
 
     def sample(self, sfv_model, conditioning, seed, steps, latent=None, denoise=1.0):
         with user_errors():
             check_fits(sfv_model, conditioning)
+            sampling_levels(steps, sigma_for_denoise(denoise))  # before the UNet is moved to the GPU
+            if latent is None and denoise != 1.0:
+                raise InputError("denoise below 1.0 needs a latent clip to start from: connect a LATENT (e.g. from SFV VAE Encode), or set denoise to 1.0.")
             init = None if latent is None else latent_layout.unpack_like(latent, conditioning.latent_shape)
+            mask = None if latent is None else latent_layout.noise_mask(latent, conditioning.latent_shape)
             pipeline = sfv_model.use("unet", memory_required=sfv_model.unet_workspace_bytes(conditioning.latent_shape))
             progress = comfy_runtime.progress_bar(steps)
 
@@ -61,6 +65,6 @@ class SFVOneStepSampler:
                 comfy_runtime.check_interrupted()
 
             comfy_runtime.check_interrupted()
-            latents = pipeline.sample(conditioning, seed, steps, init, denoise, callback=on_step)
+            latents = pipeline.sample(conditioning, seed, steps, init, denoise, callback=on_step, mask=mask)
         return (latent_layout.pack(latents),)
 

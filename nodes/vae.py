@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from ..sfv_core import limits
 from ..sfv_core.conditioning import check_video_size, encode_image_latent_native, to_rgb
 from ..sfv_core.decoding import decode_bytes_per_frame, plan_chunks
 from ..sfv_core.errors import CheckpointError, InputError
@@ -55,9 +56,9 @@ class SFVTemporalVAEDecode:
             "required": {
                 "sfv_model": ("SFV_MODEL", {"tooltip": "The model from SFV Loader (its VAE decodes)."}),
                 "samples": ("LATENT", {"tooltip": "Raw SVD latents, frames in the batch: from SFV One-Step Sampler or a native SVD KSampler."}),
-                "frames_per_chunk": ("INT", {"default": 14, "min": 0, "max": 4096, "tooltip": "Frames decoded together (0: a whole clip). The temporal layers mix frames only inside a chunk; fewer frames use less memory (about 1.2 GB per 1024x576 frame in bf16)."}),
-                "overlap": ("INT", {"default": 0, "min": 0, "max": 4095, "tooltip": "Frames shared by consecutive chunks and cross-faded, to hide seams between chunks. Below frames_per_chunk."}),
-                "frames_per_clip": ("INT", {"default": 0, "min": 0, "max": 4096, "tooltip": "Frames of one clip. 0: the count the SFV sampler stored in the LATENT, or the whole batch as one clip for LATENTs from native nodes."}),
+                "frames_per_chunk": ("INT", {"default": 14, **limits.DECODE_CHUNK.widget(), "tooltip": "Frames decoded together (0: a whole clip). The temporal layers mix frames only inside a chunk; fewer frames use less memory (about 1.2 GB per 1024x576 frame in bf16)."}),
+                "overlap": ("INT", {"default": 0, **limits.DECODE_OVERLAP.widget(), "tooltip": "Frames shared by consecutive chunks and cross-faded, to hide seams between chunks. Below frames_per_chunk."}),
+                "frames_per_clip": ("INT", {"default": 0, **limits.FRAMES_PER_CLIP.widget(), "tooltip": "Frames of one clip; a number here wins over what the LATENT says. 0: the count the SFV sampler stored in the LATENT (while native batch nodes have kept it true), else the whole batch as one clip."}),
             },
             "optional": {
                 "decoder": ([FULL_DECODER, *tiny_decoder_choices()], {"default": FULL_DECODER, "tooltip": f"'{FULL_DECODER}': the model's temporal VAE decoder. Or a tiny decoder distilled from it (python -m sfv_core train-decoder) from models/vae_approx or models/{SFV_FOLDER}: far faster and lighter, loses fine detail; it streams frames_per_chunk frames at a time with no seams (overlap does not apply)."}),
@@ -109,14 +110,19 @@ class SFVVAEEncode:
             "required": {
                 "sfv_model": ("SFV_MODEL", {"tooltip": "The model from SFV Loader (its VAE encodes)."}),
                 "frames": ("IMAGE", {"tooltip": "The frames of one clip, already at the conditioner's width and height (e.g. through Upscale Image, crop center)."}),
-            }
+            },
+            "optional": {
+                "conditioning": ("SFV_CONDITIONING", {"tooltip": "The conditioning the sampler will use: when connected, the frames are checked against its frame count and size before anything is encoded (a too-short video is named here, not at the sampler)."}),
+            },
         }
 
-    def encode(self, sfv_model, frames):
+    def encode(self, sfv_model, frames, conditioning=None):
         with user_errors():
             frames = to_rgb(frames)
             count, height, width = frames.shape[:3]
             check_video_size(width, height, count)
+            if conditioning is not None:
+                latent_layout.check_frames_fit(count, height, width, conditioning.latent_shape)
             model = sfv_model.model
             encoder = model.native_encoder if model.native_encoder is not None else model.vae.encoder
             sfv_model.use("vae", memory_required=decode_bytes_per_frame(model.vae, height, width))

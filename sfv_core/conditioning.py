@@ -18,6 +18,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from . import limits, memory
 from .errors import InputError
 from .sampling import Conditioning
 
@@ -25,17 +26,11 @@ CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 VARIANTS = ("reference", "comfyui_native")
 RESIZE_MODES = ("crop", "pad", "stretch")
-SIZE_MULTIPLE = 8
 
 
 def check_video_size(width: int, height: int, num_frames: int) -> None:
-    for name, value in (("width", width), ("height", height)):
-        if value < 64 or value % SIZE_MULTIPLE:
-            lower = value // SIZE_MULTIPLE * SIZE_MULTIPLE
-            nearest = " or ".join(str(v) for v in (lower, lower + SIZE_MULTIPLE) if v >= 64)
-            raise InputError(f"{name} {value} is not a multiple of 8 of at least 64: the VAE works on 8x8 pixel blocks. Use {nearest}.")
-    if num_frames < 1:
-        raise InputError(f"frames must be at least 1, got {num_frames}.")
+    limits.check_size(width, height)
+    limits.FRAMES.check(num_frames)
 
 
 def to_rgb(images: torch.Tensor) -> torch.Tensor:
@@ -57,10 +52,10 @@ def to_rgb(images: torch.Tensor) -> torch.Tensor:
 def _center_crop_box(old_width: int, old_height: int, width: int, height: int) -> tuple[int, int]:
     """Pixels to trim from each side to reach the target aspect ratio (ComfyUI's geometry)."""
     old_aspect, new_aspect = old_width / old_height, width / height
-    if old_aspect > new_aspect:
-        return round((old_width - old_width * (new_aspect / old_aspect)) / 2), 0
+    if old_aspect > new_aspect:  # at least one pixel stays (a 1-pixel-thin image rounds to none)
+        return min(round((old_width - old_width * (new_aspect / old_aspect)) / 2), (old_width - 1) // 2), 0
     if old_aspect < new_aspect:
-        return 0, round((old_height - old_height * (old_aspect / new_aspect)) / 2)
+        return 0, min(round((old_height - old_height * (old_aspect / new_aspect)) / 2), (old_height - 1) // 2)
     return 0, 0
 
 
@@ -217,11 +212,10 @@ def condition(
     `model` is an `SVDModel`. Augmentation noise comes from its own seeded generator, so the
     same inputs always give the same conditioning (and a new sampler seed does not change it).
     """
-    check_video_size(width, height, num_frames)
+    limits.check_generation(width, height, num_frames, fps, motion_bucket_id, augmentation)
+    memory.check_model_stages(model, images.shape[0] if images.ndim == 4 else 1, num_frames, height, width)
     if variant not in VARIANTS:
         raise InputError(f"preprocessing variant must be one of {VARIANTS}, got {variant!r}.")
-    if fps < 1:
-        raise InputError(f"fps must be at least 1, got {fps}.")
     images = to_rgb(images)
     generator = torch.Generator(device="cpu").manual_seed(int(augmentation_seed))
     native = variant == "comfyui_native"

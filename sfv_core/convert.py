@@ -1,6 +1,6 @@
 """Key mapping between our models (diffusers / transformers names) and the original SVD file.
 
-Pure functions on names, shapes and tensors: no file I/O (that is `checkpoints.py`).
+Pure functions on names, shapes and tensors: no file I/O (that is `checkpoints/`).
 
 A `KeyMap` says, for every key of one of our modules, where its tensor lives in the original
 single file (Stability's SGM layout, the `svd.safetensors` ComfyUI users keep) and how it is
@@ -45,14 +45,14 @@ KeyMap = dict  # our key -> Source
 
 
 def from_original(source: Source, tensor: torch.Tensor) -> torch.Tensor:
-    """Our tensor from the original file's tensor `source.key`."""
+    """Our tensor from the original file's tensor `source.key`, as a view of it: the loader
+    makes the one copy it needs (converting dtype in the same pass)."""
     if source.kind == "conv1x1":
         return tensor.flatten(1)  # [out, in, 1, 1] -> [out, in]; a no-op on [out, in]
     if source.kind == "transposed":
-        return tensor.t().contiguous()
+        return tensor.t()
     if source.kind == "stacked":
-        # A copy, so that q, k and v do not share one storage (safetensors refuses to save that).
-        return tensor.chunk(source.count, dim=0)[source.index].clone()
+        return tensor.chunk(source.count, dim=0)[source.index]
     return tensor
 
 

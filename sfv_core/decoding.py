@@ -7,9 +7,14 @@ card. Optional overlapping chunks are cross-faded over the overlap to hide seams
 
 from __future__ import annotations
 
+import logging
+
 import torch
 
+from . import memory
 from .errors import InputError
+
+log = logging.getLogger("sfv")
 
 
 def plan_chunks(num_frames: int, chunk_frames: int | None, overlap: int = 0) -> list[tuple[int, int]]:
@@ -55,13 +60,41 @@ def to_frames(pixels: torch.Tensor) -> torch.Tensor:
     return ((pixels.float() + 1.0) / 2.0).clamp(0.0, 1.0).movedim(-3, -1).cpu()
 
 
+def vae_decoder(vae):
+    """The temporal VAE's decode as `decoder(latents, num_frames) -> pixels`."""
+    return lambda latents, num_frames: vae.decode(latents, num_frames=num_frames).sample
+
+
+def decode_in_fp32(vae, latents: torch.Tensor, num_frames: int) -> torch.Tensor:
+    """One chunk decoded with the decoder's weights in fp32 for the call (exact round trip back)."""
+    dtype = next(vae.decoder.parameters()).dtype
+    vae.decoder.float()
+    try:
+        return vae.decode(latents.float(), num_frames=num_frames).sample
+    finally:
+        vae.decoder.to(dtype)
+
+
+def decode_chunk(vae, decoder, latents: torch.Tensor, num_frames: int) -> torch.Tensor:
+    """`decoder(latents, num_frames)` -> pixels; a reduced-precision decode that overflowed
+    (SVD's VAE does in fp16) is redone in fp32, with a warning."""
+    pixels = decoder(latents, num_frames)
+    if pixels.dtype != torch.float32 and not torch.isfinite(pixels).all():
+        log.warning("the %s decode of a chunk of %d frames overflowed (NaN/inf): redoing it in fp32 (set the VAE dtype to fp32 to avoid the redo)",
+                    str(pixels.dtype).removeprefix("torch."), num_frames)
+        pixels = decode_in_fp32(vae, latents, num_frames)
+    return pixels
+
+
 @torch.no_grad()
-def decode_latents(vae, raw_latents: torch.Tensor, chunk_frames: int | None = None, overlap: int = 0, callback=None) -> torch.Tensor:
+def decode_latents(vae, raw_latents: torch.Tensor, chunk_frames: int | None = None, overlap: int = 0, callback=None, decoder=None) -> torch.Tensor:
     """Raw latents (clips, frames, 4, h, w) -> frames (clips, frames, H, W, 3) float32 in [0, 1] on the CPU.
 
     `callback(done, total)` is called after each decoded chunk (progress and cancellation).
+    `decoder(latents, num_frames)` -> pixels is the VAE's decode (the fast path passes its compiled one).
     """
     check_latents(raw_latents)
+    decoder = decoder or vae_decoder(vae)
     clips, num_frames = raw_latents.shape[:2]
     ranges = plan_chunks(num_frames, chunk_frames, overlap)
     weights = blend_weights(ranges)
@@ -70,7 +103,7 @@ def decode_latents(vae, raw_latents: torch.Tensor, chunk_frames: int | None = No
     for clip in range(clips):
         for (start, end), weight in zip(ranges, weights):
             z = raw_latents[clip, start:end].to(device=device, dtype=dtype)
-            pixels = vae.decode(z, num_frames=end - start).sample
+            pixels = decode_chunk(vae, decoder, z, end - start)
             frames = to_frames(pixels)
             if out is None:
                 out = torch.zeros((clips, num_frames, *frames.shape[1:]), dtype=torch.float32)
@@ -81,40 +114,11 @@ def decode_latents(vae, raw_latents: torch.Tensor, chunk_frames: int | None = No
     return out
 
 
-# Working memory of the temporal decoder per frame, as a multiple of one full-resolution
-# feature map of the first level: measured 2.4 GB per 1024x576 frame in fp32 (128 channels).
-DECODE_WORKSPACE_FACTOR = 8
-
-
 def decode_bytes_per_frame(vae, height: int, width: int) -> int:
-    first_level = vae.config.block_out_channels[0]
-    element = torch.finfo(next(vae.parameters()).dtype).bits // 8
-    return DECODE_WORKSPACE_FACTOR * height * width * first_level * element
-
-
-def free_memory_bytes(device: torch.device) -> int | None:
-    if device.type == "cuda":
-        return torch.cuda.mem_get_info(device)[0]
-    try:
-        with open("/proc/meminfo") as meminfo:
-            for line in meminfo:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return None
+    return memory.decode_bytes(vae.config, next(vae.parameters()).dtype, 1, height, width)
 
 
 def check_decode_memory(vae, chunk_frames: int, height: int, width: int) -> None:
     """Refuse, with the chunk size that fits, a decode that would run out of memory."""
-    device = next(vae.parameters()).device
-    free = free_memory_bytes(device)
-    per_frame = decode_bytes_per_frame(vae, height, width)
-    if free is None or chunk_frames * per_frame <= free:
-        return
-    fits = free // per_frame
-    fix = f"set frames per chunk (--decode-chunk) to {fits} or fewer" if fits >= 1 else "use a smaller size or a device with more memory"
-    raise InputError(
-        f"decoding {chunk_frames} frames of {width}x{height} at once needs about {chunk_frames * per_frame / 2**30:.1f} GiB, "
-        f"but {free / 2**30:.1f} GiB is free on {device}: {fix}."
-    )
+    first = next(vae.parameters())
+    memory.check_stages([memory.decode_stage(vae.config, first.dtype, chunk_frames, height, width)], first.device, width, height)

@@ -11,3 +11,7 @@ class CheckpointError(SFVError):
 
 class InputError(SFVError):
     """An image, size, frame count or latent that does not fit."""
+
+
+class OutputError(SFVError):
+    """An output that cannot be written (no space, no permission, a file in the way)."""

@@ -2,7 +2,7 @@
 
 Configs are explicit data (dicts of constructor arguments for diffusers' and transformers'
 classes); models are built from them and weights are loaded strictly elsewhere
-(`checkpoints.py`). The full-size numbers are SVD img2vid's; `TINY` is the same
+(`checkpoints/`). The full-size numbers are SVD img2vid's; `TINY` is the same
 architecture at small widths, used by the tests and benchmarks (the bundled demo model is `toy.experiment.TOY_CONFIGS`).
 """
 
@@ -11,6 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
+
+from .errors import InputError
 
 # SVD's UNet and CLIP tower use 64-wide attention heads (ViT-H/14: 80). Head counts are not
 # visible in tensor shapes, so configs inferred from a file follow these widths.
@@ -88,6 +90,46 @@ def image_encoder_config(
         patch_size=patch_size,
         hidden_act="gelu",
         layer_norm_eps=1e-5,
+    )
+
+
+# Every GroupNorm of diffusers' spatio-temporal UNet blocks has 32 groups.
+UNET_NORM_GROUPS = 32
+
+
+def unet_feature_maps(unet_config: dict, width: int, height: int) -> list[tuple[int, int, int]]:
+    """(narrowest channels, h, w) at each UNet level for a width x height video.
+
+    Level 0 works on the latent (H/8 x W/8); each downsampler (3x3, stride 2, padding 1)
+    halves it rounding up. At a level the narrowest GroupNorm input is that level's width or,
+    for the first resnet after a downsampler, the previous level's; the up path concatenates
+    skips, so it is never narrower.
+    """
+    widths = unet_config["block_out_channels"]
+    h, w, maps = height // 8, width // 8, []
+    for level, channels in enumerate(widths):
+        maps.append((min(channels, widths[max(level - 1, 0)]), h, w))
+        h, w = -(-h // 2), -(-w // 2)
+    return maps
+
+
+def values_per_norm_group(unet_config: dict, width: int, height: int) -> int:
+    """The fewest values a GroupNorm group of the UNet sees per frame at this size."""
+    return min(channels // UNET_NORM_GROUPS * h * w for channels, h, w in unet_feature_maps(unet_config, width, height))
+
+
+def check_unet_can_run(unet_config: dict, width: int, height: int, frames: int, clips: int = 1) -> None:
+    """Refuse a size the UNet cannot run, before any work. PyTorch's GroupNorm refuses an input
+    whose batch x (channels per group) x h x w is 1, and frames and clips share the batch: a
+    narrow UNet (one channel per group at a level) whose map there is 1x1 cannot make one frame."""
+    if clips * frames * values_per_norm_group(unet_config, width, height) > 1:
+        return
+    channels, h, w = min(unet_feature_maps(unet_config, width, height), key=lambda m: m[0] // UNET_NORM_GROUPS * m[1] * m[2])
+    wider = next(size for size in range(width + 8, 64 * width, 8) if values_per_norm_group(unet_config, size, height) > 1)
+    taller = next(size for size in range(height + 8, 64 * height, 8) if values_per_norm_group(unet_config, width, size) > 1)
+    raise InputError(
+        f"this model cannot make a single frame at {width}x{height}: there its UNet has {channels} channels at {h}x{w}, one per "
+        f"GroupNorm group, which leaves one value to normalise. Use 2 or more frames, or width {wider} or height {taller} or more."
     )
 
 

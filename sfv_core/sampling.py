@@ -33,14 +33,14 @@ def karras_sigmas(count: int, sigma_min: float = SIGMA_MIN, sigma_max: float = S
 
 
 # SF-V's generator was trained on the first three levels of this 4-level schedule:
-# 700, 70.6, 2.27 (the fourth, 0.002, leaves a clip as it is).
+# 700, 70.54, 2.27 (the fourth, 0.002, leaves a clip as it is).
 SFV_SCHEDULE = tuple(karras_sigmas(4))
 SFV_TRAINING_LEVELS = SFV_SCHEDULE[:3]
 MAX_STEPS = len(SFV_SCHEDULE)
 
 
 def sigma_for_denoise(denoise: float) -> float:
-    """Noise level at fraction `denoise` of the Karras curve: 1 -> 700, 2/3 -> 70.6, 1/3 -> 2.27."""
+    """Noise level at fraction `denoise` of the Karras curve: 1 -> 700, 2/3 -> 70.54, 1/3 -> 2.27."""
     if not 0.0 < denoise <= 1.0:
         raise InputError(f"denoise must be in (0, 1], got {denoise}: 1.0 generates from pure noise, smaller keeps more of the input clip.")
     lo, hi = SIGMA_MIN ** (1 / KARRAS_RHO), SIGMA_MAX ** (1 / KARRAS_RHO)
@@ -147,13 +147,18 @@ def sample(
     init_latent: torch.Tensor | None = None,
     denoise_strength: float = 1.0,
     callback=None,
+    mask: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Generate clean latents (model space, float32) in `steps` UNet passes.
 
     Full generation: x = eps * sqrt(sigma_max^2 + 1), x0 = D(x; sigma_max).
     Editing (`init_latent` in model space, `denoise_strength` < 1 or given): x = x_init + s * eps.
     Between steps: x = x0 + s_next * eps with fresh noise. `callback(step_index)` after each pass.
+    `mask` (broadcast to the latent, 1 = re-render, 0 = keep) keeps `init_latent` outside it
+    after every pass, as KSampler does with a LATENT's noise_mask.
     """
+    if mask is not None and init_latent is None:
+        raise InputError("a noise mask needs the latent clip it masks (an input LATENT).")
     device = cond.image_latent.device
     start_sigma = sigma_for_denoise(denoise_strength)
     levels = sampling_levels(steps, start_sigma)
@@ -168,9 +173,13 @@ def sample(
                 f"the input latent has shape {tuple(init_latent.shape)} but the conditioning makes {cond.latent_shape} "
                 "(clips, frames, channels, height/8, width/8): use the same frame count and size in the conditioner."
             )
-        x = init_latent.to(device=device, dtype=torch.float32) + start_sigma * eps
+        init = init_latent.to(device=device, dtype=torch.float32)
+        mask = None if mask is None else mask.to(device=device, dtype=torch.float32)
+        x = init + start_sigma * eps
     for index, sigma in enumerate(levels):
         x0 = denoise(unet, x, sigma, cond)
+        if mask is not None:
+            x0 = init + mask * (x0 - init)
         if index + 1 < len(levels):
             x = x0 + levels[index + 1] * draw_noise(cond.latent_shape, generator).to(device)
         if callback is not None:

@@ -178,12 +178,17 @@ def decode_latents(decoder: TinyDecoder, raw_latents: torch.Tensor, chunk_frames
 
 def check_fits(decoder: TinyDecoder, vae) -> None:
     """Refuse a tiny decoder made for another latent space than the model's VAE."""
-    config, vae_config = decoder.config, vae.config
-    vae_upscale = 2 ** (len(vae_config.block_out_channels) - 1)
-    if config.latent_channels != vae_config.latent_channels or config.upscale != vae_upscale:
+    check_config_fits(decoder.config, vae.config)
+
+
+def check_config_fits(config: TinyDecoderConfig, vae_config) -> None:
+    """The same check from the configs alone (a file's header and the checkpoint's VAE config),
+    so the command line can refuse a wrong decoder before any weights load."""
+    vae_upscale = 2 ** (len(vae_config["block_out_channels"]) - 1)
+    if config.latent_channels != vae_config["latent_channels"] or config.upscale != vae_upscale:
         raise CheckpointError(
             f"this tiny decoder decodes {config.latent_channels}-channel latents to {config.upscale}x their size, but the model's VAE "
-            f"makes {vae_config.latent_channels}-channel latents at 1/{vae_upscale} size: pick a tiny decoder distilled from this model "
+            f"makes {vae_config['latent_channels']}-channel latents at 1/{vae_upscale} size: pick a tiny decoder distilled from this model "
             "(python -m sfv_core train-decoder), or decoder 'full'."
         )
 

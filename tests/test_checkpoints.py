@@ -112,6 +112,23 @@ def test_float16_load_leaves_no_meta_tensors(tiny_files):
     assert torch.equal(position_ids[0], torch.arange(position_ids.shape[-1]))
 
 
+@pytest.mark.parametrize("file_dtype, load_dtype", [(torch.float16, torch.float32), (torch.float32, torch.float32), (torch.float32, torch.bfloat16)])
+def test_converted_and_kept_tensors_each_own_their_memory(tiny, tmp_path, file_dtype, load_dtype):
+    """Converted tensors come out of one reused staging buffer and kept ones are the read buffer
+    itself: either way each tensor must be its own contiguous storage, with the file's values."""
+    path = ck.save_single_file(tiny, tmp_path / "file.safetensors", dtype=file_dtype)
+    model = ck.load_model(path, dtype=load_dtype)
+    storages = set()
+    for name, module in model.modules.items():
+        for key, tensor in module.state_dict().items():
+            assert tensor.is_contiguous() and tensor.dtype == load_dtype, f"{name}.{key}"
+            storages.add(tensor.untyped_storage().data_ptr())
+            expected = getattr(tiny, name).state_dict()[key]
+            assert torch.equal(tensor, expected.to(file_dtype).to(load_dtype)), f"{name}.{key}"
+    tensor_count = sum(len(module.state_dict()) for module in model.modules.values())
+    assert len(storages) == tensor_count
+
+
 def test_inspect_reads_configs_from_shapes(tiny_files):
     info = ck.inspect_checkpoint(tiny_files["single"])
     assert (info.kind, info.layout, info.dtype) == ("svd_single_file", "sgm", "float32")
@@ -420,7 +437,7 @@ def test_writes_are_atomic(tiny, tmp_path, monkeypatch):
             handle.write(b"half a file")
         raise OSError("disk full")
 
-    monkeypatch.setattr(ck, "save_file", crash_midway)
+    monkeypatch.setattr(ck.writing, "save_file", crash_midway)
     with pytest.raises(OSError, match="disk full"):
         ck.save_single_file(tiny, target)
     assert target.read_bytes() == before

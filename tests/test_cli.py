@@ -38,9 +38,15 @@ def test_generate_webp_mp4_png_and_latent(checkpoint, tmp_path):
     assert sorted(p.name for p in (tmp_path / "frames").iterdir()) == [f"frame_{i:05d}.png" for i in range(4)]
 
 
+def test_the_run_says_what_it_runs_with(checkpoint, tmp_path, capsys):
+    assert generate(checkpoint, "--compile", "off", "--out", str(tmp_path / "clip.webp")) == 0
+    log = capsys.readouterr().err
+    assert "SF-V runs on cpu: UNet float32, VAE float32, SDPA (" in log and "compile off, CUDA graphs off" in log
+
+
 def test_no_flags_runs_the_bundled_toy_model(tmp_path, monkeypatch, capsys):
     """The README's main job: `python -m sfv_core generate` with nothing else."""
-    from sfv_core.cli import TOY_CHECKPOINT, TOY_START_IMAGE
+    from sfv_core.assets import TOY_CHECKPOINT, TOY_START_IMAGE
     from sfv_core.checkpoints import load_model
 
     assert TOY_CHECKPOINT.stat().st_size < 10_000_000  # ships in the repo
@@ -77,7 +83,7 @@ def test_edit_an_existing_clip_and_several_start_images(checkpoint, tmp_path):
         (["--image", "/nonexistent.png"], "does not exist"),
         (["--steps", "9"], "steps must be between 1 and 4"),
         (["--out", "clip.avi"], "unknown output type"),
-        (["--denoise", "0.5"], "needs a latent clip"),
+        (["--denoise", "0.5"], "needs a latent clip to start from"),
     ],
 )
 def test_bad_input_is_one_clear_line(checkpoint, tmp_path, capsys, args, message):
@@ -88,6 +94,14 @@ def test_bad_input_is_one_clear_line(checkpoint, tmp_path, capsys, args, message
     assert not (tmp_path / "clip.webp").exists()
 
 
+def frame_count(path) -> int:
+    if path.suffix == ".mp4":
+        with av.open(str(path)) as container:
+            return sum(1 for _ in container.decode(video=0))
+    with Image.open(path) as animation:  # FFmpeg cannot decode animated WebP
+        return animation.n_frames
+
+
 def test_failed_write_leaves_no_file(tmp_path, monkeypatch):
     def broken_save(self, fp, *args, **kwargs):
         with open(fp, "wb") as handle:
@@ -96,8 +110,32 @@ def test_failed_write_leaves_no_file(tmp_path, monkeypatch):
 
     monkeypatch.setattr(Image.Image, "save", broken_save)
     with pytest.raises(OSError, match="disk full"):
-        video_io.save_clip(torch.rand(3, 16, 16, 3), tmp_path / "clip.webp", fps=7)
+        video_io.save_clip(torch.rand(3, 16, 16, 3), tmp_path / "clip.gif", fps=7)
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("suffix", [".webp", ".mp4", ".gif"])
+def test_streamed_video_appears_whole_or_not_at_all(tmp_path, suffix):
+    """Clips appended one by one make one video; a failure between clips leaves nothing behind."""
+    path = tmp_path / f"long{suffix}"
+    with video_io.open_video(path, fps=7) as video:
+        for _ in range(3):
+            video.append(torch.rand(4, 16, 16, 3))
+            assert [p.name for p in tmp_path.iterdir() if not p.name.startswith(".")] == []  # not under its name while written
+    assert frame_count(path) == 12
+    if suffix == ".webp":
+        with Image.open(path) as webp:
+            webp.seek(1)
+            webp.load()
+            assert webp.info["loop"] == 0 and abs(webp.info["duration"] - 1000 / 7) <= 1
+
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    with pytest.raises(RuntimeError, match="stopped"):
+        with video_io.open_video(broken / f"long{suffix}", fps=7) as video:
+            video.append(torch.rand(4, 16, 16, 3))
+            raise RuntimeError("stopped between clips")
+    assert list(broken.iterdir()) == []
 
 
 def test_outputs_get_ordinary_file_permissions(tmp_path):
@@ -153,11 +191,99 @@ def test_tiny_decoder_bad_input_is_one_clear_line(checkpoint, tiny_decoder_file,
         (["--decoder", other], "decodes 16-channel latents"),
         (["--decoder", str(tmp_path / "cut.safetensors")], "truncated"),
         (["--decoder", str(tmp_path / "none.safetensors")], "does not exist"),
-        (["--decoder", tiny_decoder_file, "--decode-chunk", "-2"], "frames per chunk must be 0 (the whole clip) or more"),
-        (["--decode-chunk", "-1"], "frames per chunk must be 0 (the whole clip) or more"),
+        (["--decoder", tiny_decoder_file, "--decode-chunk", "-2"], "--decode-chunk must be between 0 and 4096"),
     ]
     for args, message in cases:
         assert main(["generate", "--checkpoint", str(checkpoint), *SIZE, "--out", str(tmp_path / "clip.webp"), *args]) == 2
         err = capsys.readouterr().err
         assert message in err and "Traceback" not in err, (args, err)
         assert not (tmp_path / "clip.webp").exists()
+def test_abbreviated_options_are_refused(checkpoint, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["generate", "--checkpoint", str(checkpoint), "--imag", "x.png", "--out", str(tmp_path / "clip.webp")])
+    assert exit_info.value.code == 2 and "unrecognized arguments: --imag" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["train", "--conf", "x.yaml"])
+    assert "unrecognized arguments: --conf" in capsys.readouterr().err
+
+
+def test_every_parser_refuses_abbreviations():
+    """A new parser anywhere in the library or the benchmarks must say allow_abbrev=False too."""
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    calls = [(path.name, call) for path in [*(root / "sfv_core").rglob("*.py"), *(root / "benchmarks").glob("*.py")]
+             for call in re.findall(r"(?:ArgumentParser|add_parser)\((?:[^()]|\([^()]*\))*\)", path.read_text())]
+    assert len(calls) >= 8 and [c for c in calls if "allow_abbrev=False" not in c[1]] == []
+
+
+def test_generate_help_has_no_none_defaults_and_explains_every_option(capsys):
+    with pytest.raises(SystemExit):
+        main(["generate", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "(default: None)" not in text
+    for option in ("--seed SEED seed of the noise", "--device DEVICE auto", "--dtype {auto,fp32,fp16,bf16} UNet", "--vae-dtype {auto,fp32,fp16,bf16} VAE"):
+        assert option in text
+
+
+def test_the_run_is_announced_before_the_work(checkpoint, tmp_path, capsys):
+    assert main(["generate", "--checkpoint", str(checkpoint), "--steps", "2", "--out", str(tmp_path / "clip.webp"), "--width", "64", "--height", "64"]) == 0
+    err = capsys.readouterr().err
+    announced = err.index("making 1 clip of 14 frames at 64x64, 2 steps (SVD's defaults: set --width, --height and --frames for others)")
+    assert announced < err.index("sample")
+
+
+@pytest.fixture()
+def no_loading(monkeypatch):
+    """Any attempt to load weights fails the test: what is checked must be checked before."""
+    from sfv_core.pipeline import SFVPipeline
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the model was loaded before the input was refused")
+
+    monkeypatch.setattr(SFVPipeline, "from_files", refuse)
+
+
+def _unwritable(tmp_path):
+    (tmp_path / "a_file").write_text("")
+    return str(tmp_path / "a_file" / "clip.webp")
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--width", "100"], "width 100 is not a multiple of 8"),
+        (["--steps", "0"], "steps must be between 1 and 4"),
+        (["--denoise", "1.5"], "--denoise must be between 0.001 and 1.0"),
+        (["--denoise", "0.5"], "needs a latent clip"),
+        (["--decode-chunk", "4", "--decode-overlap", "4"], "overlap must be between 0 and frames per chunk - 1 (3)"),
+        (["--decode-chunk", "-1"], "--decode-chunk must be between 0 and 4096"),
+        (["--out", "clip.avi"], "unknown output type"),
+        (["--out", "UNWRITABLE"], "is a file, not a folder"),
+        (["--out", "A_FOLDER.webp"], "is a folder, so a .webp file cannot be written there"),
+        (["--save-latent", "UNWRITABLE"], "is a file, not a folder"),
+        (["--frames", "1", "--checkpoint", "TOY"], "cannot make a single frame at 64x64"),
+        (["--frames", "4000", "--checkpoint", "TOY"], "at 64x64 needs about"),
+        (["--sfv-unet", "TOY"], "different architecture than the base model"),
+        (["--checkpoint", "UNET_ONLY"], "holds only a UNet"),
+        (["--sfv-unet", "START_IMAGE"], "is not a safetensors file"),
+    ],
+)
+def test_bad_settings_are_refused_before_any_model_loads(checkpoint, tmp_path, capsys, no_loading, args, message):
+    from sfv_core.assets import TOY_CHECKPOINT, TOY_START_IMAGE
+    from sfv_core.checkpoints import save_unet_file
+    from sfv_core.models import TINY, build_random_model
+
+    unet_only = tmp_path / "unet.safetensors"
+    if "UNET_ONLY" in args:
+        save_unet_file(build_random_model(TINY).unet, unet_only)
+    (tmp_path / "folder.webp").mkdir()
+    names = {"UNWRITABLE": _unwritable(tmp_path) if "UNWRITABLE" in args else "", "A_FOLDER.webp": str(tmp_path / "folder.webp"), "TOY": str(TOY_CHECKPOINT), "UNET_ONLY": str(unet_only), "START_IMAGE": str(TOY_START_IMAGE)}
+    args = [names.get(arg, arg) for arg in args]
+    base = [] if "--checkpoint" in args else ["--checkpoint", str(checkpoint)]
+    out = [] if "--out" in args else ["--out", str(tmp_path / "clip.webp")]
+    size = ["--width", "64", "--height", "64"] if "--width" not in args else []
+    assert main(["generate", *base, *size, *out, *args]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err and "making" not in err

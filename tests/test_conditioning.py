@@ -22,7 +22,11 @@ def test_grey_and_rgba_become_rgb():
         conditioning.to_rgb(torch.rand(1, 8, 8, 5))
 
 
-@pytest.mark.parametrize("width, height, frames, message", [(100, 64, 14, "Use 96 or 104"), (64, 60, 14, "Use 64"), (64, 64, 0, "at least 1")])
+@pytest.mark.parametrize("width, height, frames, message", [
+    (100, 64, 14, "Use 96 or 104"), (64, 60, 14, r"\(width 64 is fine\).*Use 64\."), (20, 64, 14, r"Use 64\."), (64, 64, 0, "between 1 and 4096"),
+    (0, 64, 14, "width must be between 64 and 16384"), (64, -8, 14, "height must be between 64"), (16392, 64, 14, "between 64 and 16384"),
+    (64, 64, 5000, "frames must be between 1 and 4096"), (64.5, 64, 14, "width must be a whole number"), (64, 64, float("nan"), "frames must be a whole number between"),
+])
 def test_bad_sizes_name_the_fix(width, height, frames, message):
     with pytest.raises(InputError, match=message):
         conditioning.check_video_size(width, height, frames)
@@ -104,3 +108,12 @@ def test_condition_is_deterministic_and_batched(model):
     assert native.latent_shape == first.latent_shape
     with pytest.raises(InputError, match="preprocessing variant"):
         conditioning.condition(model, images, variant="sgm", **settings)
+
+
+def test_size_message_names_the_wrong_dimension():
+    with pytest.raises(InputError, match=r"^height 100 is not a multiple of 8 of at least 64 \(width 1024 is fine\).*Use 96 or 104"):
+        conditioning.check_video_size(1024, 100, 14)
+    with pytest.raises(InputError, match=r"^width 1020 is not .*\(height 576 is fine\).*Use 1016 or 1024"):
+        conditioning.check_video_size(1020, 576, 14)
+    with pytest.raises(InputError, match=r"^width 1020 and height 60 are not multiples of 8.*Use width 1016 or 1024 and height 64\."):
+        conditioning.check_video_size(1020, 60, 14)

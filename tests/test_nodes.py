@@ -27,7 +27,7 @@ from sfv_core.sampling import MAX_STEPS
 
 ROOT = Path(__file__).resolve().parents[1]
 PACK_NAME = "comfyui_sfv_pack"
-NODE_TYPES = ("SFVLoader", "SFVImageConditioner", "SFVOneStepSampler", "SFVTemporalVAEDecode", "SFVVAEEncode")
+NODE_TYPES = ("SFVLoader", "SFVImageConditioner", "SFVOneStepSampler", "SFVTemporalVAEDecode", "SFVVAEEncode", "SFVExtendClip")
 CONTROL_AFTER_GENERATE = ("fixed", "increment", "decrement", "randomize")
 
 # Small but real: 3 frames of 64x64 (latents 8x8, divisible by the UNet's 3 downsamplings).
@@ -235,6 +235,14 @@ def test_sfv_unet_and_diffusers_folder(models_root, direct):
     assert torch.equal(latent["samples"], folder_direct.sample(cond, 3).reshape(FRAMES, *LATENT))
 
 
+def test_loader_compile_switch_reaches_the_runtime(models_root):
+    compiled = {switch: run_node("SFVLoader", checkpoint="tiny_svd.safetensors", sfv_unet="none", dtype="auto", attention="sdpa", compile=switch)[0]
+                for switch in ("on", "off")}
+    assert compiled["on"].runtime.compile == "default" and compiled["off"].runtime.compile == "off"
+    (default,) = run_node("SFVLoader", checkpoint="tiny_svd.safetensors", sfv_unet="none", dtype="auto", attention="sdpa")
+    assert default.runtime.compile == ("default" if RUNTIME.compute_device().type == "cuda" else "off")
+
+
 def test_edit_path_encode_then_partial_denoise(sfv_model, direct):
     clip = torch.rand(FRAMES, HEIGHT, WIDTH, 3, generator=torch.Generator().manual_seed(3))
     (encoded,) = run_node("SFVVAEEncode", sfv_model=sfv_model, frames=clip)
@@ -259,6 +267,62 @@ def test_decoder_takes_native_latents(sfv_model, direct):
     assert torch.equal(split, direct.decode(samples.reshape(2, 2, *LATENT)).reshape(4, HEIGHT, WIDTH, 3))
 
 
+# What ComfyUI 0.3.64's native batch nodes return (nodes.py: LatentFromBatch, RepeatLatentBatch;
+# comfy_extras/nodes_latent.py: LatentBatch), reduced to the dict keys and shapes they produce.
+def native_latent_from_batch(latent: dict, batch_index: int, length: int) -> dict:
+    out, samples = dict(latent), latent["samples"]
+    batch_index = min(samples.shape[0] - 1, batch_index)
+    length = min(samples.shape[0] - batch_index, length)
+    out["samples"] = samples[batch_index:batch_index + length].clone()
+    out["batch_index"] = latent["batch_index"][batch_index:batch_index + length] if "batch_index" in latent else list(range(batch_index, batch_index + length))
+    return out
+
+
+def native_repeat_latent_batch(latent: dict, amount: int) -> dict:
+    out = dict(latent)
+    out["samples"] = latent["samples"].repeat((amount, 1, 1, 1))
+    if "batch_index" in latent:
+        offset = max(latent["batch_index"]) - min(latent["batch_index"]) + 1
+        out["batch_index"] = latent["batch_index"] + [x + i * offset for i in range(1, amount) for x in latent["batch_index"]]
+    return out
+
+
+def native_latent_batch(first: dict, second: dict) -> dict:
+    out = dict(first)
+    out["samples"] = torch.cat((first["samples"], second["samples"]))
+    out["batch_index"] = first.get("batch_index", list(range(first["samples"].shape[0]))) + second.get("batch_index", list(range(second["samples"].shape[0])))
+    return out
+
+
+def test_clip_length_stays_true_through_native_batch_nodes(sfv_model, direct):
+    layout = sys.modules[f"{PACK_NAME}.nodes.latent"]
+    conditioning, _ = run_node("SFVImageConditioner", sfv_model=sfv_model, image=start_images(2), **SETTINGS)
+    (two_clips,) = run_node("SFVOneStepSampler", sfv_model=sfv_model, conditioning=conditioning, seed=5, steps=1)
+    native = {"samples": torch.randn(4, *LATENT, generator=torch.Generator().manual_seed(2))}
+    count = lambda latent, setting=0: (latent["samples"].shape[0], layout.frames_per_clip(latent, setting))
+    assert count(two_clips) == (2 * FRAMES, FRAMES)
+    second_clip = native_latent_from_batch(two_clips, FRAMES, FRAMES)
+    assert second_clip["sfv_frames_per_clip"] == FRAMES and count(second_clip) == (FRAMES, FRAMES)
+    assert count(native_latent_from_batch(two_clips, 1, FRAMES)) == (FRAMES, FRAMES)  # one clip either way
+    assert count(native_latent_from_batch(two_clips, 1, 4)) == (4, 4)  # straddles two clips: the key no longer holds
+    assert count(native_latent_from_batch(native_latent_from_batch(two_clips, 0, 6), 0, 2)) == (2, 2)
+    assert count(native_repeat_latent_batch(two_clips, 2)) == (4 * FRAMES, FRAMES)
+    assert count(native_repeat_latent_batch(second_clip, 2)) == (2 * FRAMES, FRAMES)  # batch_index [3..5] + [6..8]
+    assert count(native_latent_batch(two_clips, two_clips)) == (4 * FRAMES, FRAMES)
+    assert count(native_latent_batch(two_clips, native)) == (2 * FRAMES + 4, 2 * FRAMES + 4)
+    # The user's setting wins over the key, true or stale.
+    assert count(two_clips, 2 * FRAMES) == (2 * FRAMES, 2 * FRAMES)
+    assert count(native_latent_from_batch(two_clips, 1, 4), 2) == (4, 2)
+
+    # Through the nodes: the clip picked by LatentFromBatch decodes and re-renders as one clip.
+    (frames,) = run_node("SFVTemporalVAEDecode", sfv_model=sfv_model, samples=second_clip, frames_per_chunk=0, overlap=0, frames_per_clip=0)
+    assert torch.equal(frames, direct.decode(two_clips["samples"][FRAMES:].unsqueeze(0)).reshape(FRAMES, HEIGHT, WIDTH, 3))
+    one, _ = run_node("SFVImageConditioner", sfv_model=sfv_model, image=start_images(1), **SETTINGS)
+    run_node("SFVOneStepSampler", sfv_model=sfv_model, conditioning=one, seed=0, steps=1, latent=second_clip, denoise=0.5)
+    (straddling,) = run_node("SFVTemporalVAEDecode", sfv_model=sfv_model, samples=native_latent_from_batch(two_clips, 1, 4), frames_per_chunk=0, overlap=0, frames_per_clip=2)
+    assert straddling.shape == (4, HEIGHT, WIDTH, 3)
+
+
 def plain_error(excinfo) -> str:
     """The message ComfyUI's error box shows; the exception must be a plain one."""
     assert type(excinfo.value) is ValueError
@@ -278,8 +342,55 @@ def test_size_not_multiple_of_8_is_refused_at_validation(sfv_model):
     plain_error(excinfo)
 
 
+def test_a_size_the_model_cannot_run_is_refused_before_conditioning(models_root):
+    """The bundled toy UNet (32 channels, one per GroupNorm group, at a 1x1 deepest map) cannot
+    make one frame at 64x64: the conditioner says so and how to fix it, before any encoding."""
+    import shutil
+
+    from sfv_core.assets import TOY_CHECKPOINT
+
+    copy = shutil.copy(TOY_CHECKPOINT, models_root / "checkpoints" / "toy.safetensors")
+    try:
+        (toy,) = run_node("SFVLoader", checkpoint="toy.safetensors", sfv_unet="none", dtype="auto", attention="sdpa")
+    finally:
+        Path(copy).unlink()  # other tests list the folder
+    with pytest.raises(ValueError, match="cannot make a single frame at 64x64.*Use 2 or more frames, or width 72") as excinfo:
+        run_node("SFVImageConditioner", sfv_model=toy, image=start_images(1), **dict(SETTINGS, width=64, height=64, frames=1))
+    plain_error(excinfo)
+    run_node("SFVImageConditioner", sfv_model=toy, image=start_images(1), **dict(SETTINGS, width=64, height=64, frames=2))
+
+
+def test_a_too_short_video_is_named_before_it_is_encoded(sfv_model, monkeypatch):
+    """The edit workflow feeds the conditioning to SFV VAE Encode: the frame count is checked there,
+    before any frame is encoded, and the message says by how much the video is too short."""
+    conditioning, _ = run_node("SFVImageConditioner", sfv_model=sfv_model, image=start_images(1), **dict(SETTINGS, frames=FRAMES))
+    vae = sys.modules[f"{PACK_NAME}.nodes.vae"]
+    monkeypatch.setattr(vae, "encode_image_latent_native", lambda *args: pytest.fail("encoded before checking"))
+    with pytest.raises(ValueError, match=f"the input video is too short: {FRAMES - 1} frames, 1 fewer than the {FRAMES} the conditioning makes") as excinfo:
+        run_node("SFVVAEEncode", sfv_model=sfv_model, frames=torch.rand(FRAMES - 1, HEIGHT, WIDTH, 3), conditioning=conditioning)
+    plain_error(excinfo)
+    with pytest.raises(ValueError, match="the frames are 72x64 but the conditioning makes a 64x64 video"):
+        run_node("SFVVAEEncode", sfv_model=sfv_model, frames=torch.rand(FRAMES, HEIGHT, 72, 3), conditioning=conditioning)
+    monkeypatch.undo()
+    (short,) = run_node("SFVVAEEncode", sfv_model=sfv_model, frames=torch.rand(FRAMES - 1, HEIGHT, WIDTH, 3))  # no conditioning: the sampler says it
+    with pytest.raises(ValueError, match="The input clip is 1 frame too short"):
+        run_node("SFVOneStepSampler", sfv_model=sfv_model, conditioning=conditioning, seed=0, steps=1, latent=short, denoise=0.5)
+
+
+def test_sampler_settings_are_refused_before_the_unet_is_loaded(sfv_model, monkeypatch):
+    conditioning, _ = run_node("SFVImageConditioner", sfv_model=sfv_model, image=start_images(1), **SETTINGS)
+    monkeypatch.setattr(sfv_model, "use", lambda *parts, **kwargs: pytest.fail(f"loaded {parts} before checking"))
+    sampler = PACK.NODE_CLASS_MAPPINGS["SFVOneStepSampler"]()
+    with pytest.raises(ValueError, match="needs a latent clip"):
+        sampler.sample(sfv_model, conditioning, seed=0, steps=1, denoise=0.5)
+    with pytest.raises(ValueError, match="steps must be between 1 and 4"):
+        sampler.sample(sfv_model, conditioning, seed=0, steps=5)
+    with pytest.raises(ValueError, match="denoise must be in"):
+        sampler.sample(sfv_model, conditioning, seed=0, steps=1, denoise=0.0)
+
+
 def test_zero_frames(sfv_model):
-    with pytest.raises(ValueError, match="frames must be at least 1, got 0") as excinfo:
+    with pytest.raises(ValueError, match="frames must be between 1 and 4096 .*got 0") as excinfo:
         PACK.NODE_CLASS_MAPPINGS["SFVImageConditioner"]().condition(sfv_model=sfv_model, image=start_images(1), **dict(SETTINGS, frames=0))
     plain_error(excinfo)
     with pytest.raises(ValueError, match="below the minimum 1"):  # what ComfyUI's own validation says first
@@ -313,8 +424,6 @@ def test_latent_that_does_not_fit(sfv_model):
         run_node("SFVTemporalVAEDecode", sfv_model=sfv_model, samples={"samples": torch.zeros(1, FRAMES, *LATENT)}, frames_per_chunk=0, overlap=0, frames_per_clip=0)
     with pytest.raises(ValueError, match="not a whole number of clips of 3 frames"):
         run_node("SFVTemporalVAEDecode", sfv_model=sfv_model, samples={"samples": torch.zeros(8, *LATENT)}, frames_per_chunk=0, overlap=0, frames_per_clip=3)
-    with pytest.raises(ValueError, match="holds clips of 4 frames"):
-        run_node("SFVTemporalVAEDecode", sfv_model=sfv_model, samples={"samples": torch.zeros(8, *LATENT), "sfv_frames_per_clip": 4}, frames_per_chunk=0, overlap=0, frames_per_clip=2)
     with pytest.raises(ValueError, match="has 16 channels"):
         run_node("SFVTemporalVAEDecode", sfv_model=sfv_model, samples={"samples": torch.zeros(4, 16, 8, 8)}, frames_per_chunk=0, overlap=0, frames_per_clip=0)
     with pytest.raises(ValueError, match="overlap must be between 0 and"):

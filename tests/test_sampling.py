@@ -10,7 +10,7 @@ from sfv_core.errors import InputError
 def test_sfv_levels_are_the_4_level_karras_schedule():
     levels = sampling.SFV_SCHEDULE
     assert levels[0] == 700.0 and levels[-1] == 0.002
-    assert levels[1] == pytest.approx(70.6, abs=0.1)
+    assert levels[1] == pytest.approx(70.54, abs=0.005)
     assert levels[2] == pytest.approx(2.27, abs=0.01)
     assert sampling.SFV_TRAINING_LEVELS == levels[:3]
 
@@ -96,3 +96,15 @@ def test_partial_denoise_errors_name_the_fix():
         sampling.sample(RecordingUNet(), _cond(), sampling.seeded_generator(0), denoise_strength=0.5)
     with pytest.raises(InputError, match="same frame count and size"):
         sampling.sample(RecordingUNet(), _cond(), sampling.seeded_generator(0), init_latent=torch.zeros(1, 5, 4, 3, 3))
+
+
+def test_docs_quote_the_second_level_as_computed():
+    """The level is written one way everywhere a user reads it (it was 70.6 in some places, 70.5 in others)."""
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    quoted = f"{sampling.SFV_SCHEDULE[1]:.2f}"
+    texts = [root / "README.md", *(root / "nodes").glob("*.py"), *(root / "workflows").rglob("*.json"), *(root / "sfv_core").rglob("*.py")]
+    found = {(path.name, number) for path in texts for number in re.findall(r"(?<![\d.])70\.\d+", path.read_text())}
+    assert found and {number for _, number in found} <= {quoted, f"{sampling.SFV_SCHEDULE[1]!r}"}, sorted(found)

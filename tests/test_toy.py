@@ -117,7 +117,7 @@ def test_ssim_matches_its_definition_points():
 
 
 def test_tiny_decoder_miniature_smoke(tmp_path, monkeypatch):
-    import sfv_core.cli
+    import sfv_core.assets
     from sfv_core import tiny_decoder
     from sfv_core.toy.decoder import ToyDecoderConfig, run, ship
 
@@ -126,5 +126,5 @@ def test_tiny_decoder_miniature_smoke(tmp_path, monkeypatch):
     assert all(np.isfinite(r["fvd_proxy"]) and r["decode_seconds_per_clip"] > 0 for r in results["rows"])
     assert all(np.isfinite(f["psnr_db_mean"]) and -1 <= f["ssim_mean"] <= 1 for f in results["fidelity"])
     assert (tmp_path / "table.md").is_file() and len(results["bars"]) == 3
-    monkeypatch.setattr(sfv_core.cli, "TOY_TINY_DECODER", tmp_path / "assets" / "tiny.safetensors")
+    monkeypatch.setattr(sfv_core.assets, "TOY_TINY_DECODER", tmp_path / "assets" / "tiny.safetensors")
     assert tiny_decoder.load_tiny_decoder(ship(results)).config == tiny_decoder.FULL_CONFIG

@@ -11,7 +11,7 @@ import yaml
 from PIL import Image
 
 from sfv_core import checkpoints
-from sfv_core.errors import InputError
+from sfv_core.errors import CheckpointError, InputError, OutputError
 from sfv_core.models import TINY, build_random_model
 from sfv_core.sampling import Conditioning, denoise, sample, seeded_generator
 from sfv_core.train import checkpointing
@@ -361,3 +361,169 @@ def test_cli_trains_then_exports(videos, tmp_path, capsys):
     assert main(["train", *sets, "--export-only"]) == 0
     assert str(tmp_path / "export" / UNET_FILE) in capsys.readouterr().out
     assert main(["train", "--set", "run.mixed_precision=fp64"]) == 2  # a config error is a message, not a traceback
+
+
+# ---- a run folder is data, never code -----------------------------------------------------
+
+
+class RunsCode:
+    """A pickle that, when unpickled, creates the folder `marker` (stands for any code)."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return os.mkdir, (self.marker,)
+
+
+def plant(folder: Path, name: str, marker: Path, forge_manifest: bool) -> None:
+    """Drop a code-running pickle into a checkpoint; with `forge_manifest` also make the checksums agree."""
+    import pickle
+
+    (folder / name).write_bytes(pickle.dumps(RunsCode(marker)))
+    if forge_manifest:
+        checkpointing.write_manifest(folder)
+
+
+@pytest.mark.parametrize("name, forged", [
+    ("custom_checkpoint_0.pkl", False),  # what accelerate would unpickle with weights_only=False
+    ("custom_checkpoint_0.pkl", True),
+    ("optimizer.bin", True),
+    ("random_states_0.pkl", True),
+    ("trainer_state.json", False),
+])
+@pytest.mark.parametrize("export_only", [False, True])
+def test_a_pickle_planted_in_a_run_folder_never_runs(videos, tmp_path, capsys, name, forged, export_only):
+    from sfv_core.cli import main
+
+    sets = [a for pair in tiny_config_sets(videos, tmp_path, "steps=2", "checkpoint_every=1", "gradient_accumulation=1") for a in ("--set", pair)]
+    assert main(["train", *sets]) == 0
+    marker = tmp_path / "code-ran"
+    plant(tmp_path / "checkpoints" / "step-00000002", name, marker, forged)
+    capsys.readouterr()
+    code = main(["train", *sets, "--set", "run.steps=3", *(["--export-only"] if export_only else [])])
+    assert not marker.exists()
+    err = capsys.readouterr().err
+    if forged:  # checksums agree: the loader itself must refuse, with one line
+        assert code == 2 and "step-00000002" in err and "Traceback" not in err
+    else:  # a file the manifest does not vouch for: fall back to step 1, which is intact
+        assert code == 0
+
+
+def test_a_damaged_or_missing_latest_falls_back_to_the_previous_checkpoint(videos, tmp_path, caplog):
+    settings = ("checkpoint_every=1", "gradient_accumulation=1")
+    Trainer(tiny_config(videos, tmp_path, "steps=3", *settings)).train()
+    root = tmp_path / "checkpoints"
+    rng = root / "step-00000003" / "random_states_0.pkl"
+    rng.write_bytes(rng.read_bytes()[:-7] + b"garbage")  # same size, different bytes
+    import shutil
+
+    shutil.rmtree(root / "step-00000002")
+    caplog.set_level("WARNING")
+    trainer = Trainer(tiny_config(videos, tmp_path, "steps=3", *settings))
+    assert trainer.resume() and trainer.progress.step == 1
+    assert "random_states_0.pkl is damaged" in caplog.text
+    (root / "step-00000001" / "model.safetensors").unlink()  # nothing complete left: refuse, never restart at 0
+    with pytest.raises(CheckpointError, match="no complete checkpoint.*step-00000001: model.safetensors is missing"):
+        Trainer(tiny_config(videos, tmp_path, "steps=3", *settings)).resume()
+
+
+def test_a_half_written_checkpoint_is_removed_at_the_next_start_with_a_note(videos, tmp_path, caplog):
+    stale = tmp_path / "checkpoints" / ".tmp-step-00000009"
+    stale.mkdir(parents=True)
+    (stale / "model.safetensors").write_bytes(b"x" * 100)
+    caplog.set_level("WARNING")
+    Trainer(tiny_config(videos, tmp_path, "steps=1", "gradient_accumulation=1")).train()
+    assert not stale.exists() and "half-written" in caplog.text
+
+
+# ---- trainer faults, by class ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("file, out", [("run", "run"), ("parent", "parent/run")])
+def test_an_output_folder_that_is_a_file_is_one_message(videos, tmp_path, file, out):
+    (tmp_path / file).write_text("a file")
+    with pytest.raises(OutputError, match=f"{file} is a file, not a folder"):
+        Trainer(tiny_config(videos, tmp_path / out, "steps=1")).train()
+
+
+@pytest.mark.parametrize("error", [OSError(28, "No space left on device"), RuntimeError("PytorchStreamWriter failed writing file data/0: file write failed")])
+def test_a_full_disk_during_a_checkpoint_removes_the_half_written_folder(videos, tmp_path, monkeypatch, error):
+    import accelerate.checkpointing
+
+    def full(*args, **kwargs):
+        raise error
+
+    monkeypatch.setattr(accelerate.checkpointing, "save", full)
+    with pytest.raises(OutputError, match="writing the checkpoint of step 1 .* previous checkpoint is intact"):
+        Trainer(tiny_config(videos, tmp_path, "steps=1", "gradient_accumulation=1")).train()
+    assert not list((tmp_path / "checkpoints").glob(".tmp-*"))
+
+
+@pytest.mark.parametrize("content", ["", "bytes", "unreadable"])
+def test_training_data_with_no_usable_video_says_so(tmp_path, content):
+    data = tmp_path / "data"
+    data.mkdir()
+    if content == "bytes":
+        (data / "clip.mp4").write_bytes(os.urandom(2000))
+    elif content == "unreadable":
+        (data / "frames").mkdir()
+        (data / "frames" / "0.png").write_bytes(b"not a png")
+    with pytest.raises(InputError, match="holds no usable training video"):
+        Trainer(tiny_config(data, tmp_path / "run", "steps=1")).train()
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_the_only_source_failing_mid_run_is_one_message(tmp_path, workers):
+    data = tmp_path / "data"
+    data.mkdir()
+    write_video(data / "only.mp4", 20)
+    trainer = Trainer(tiny_config(data, tmp_path / "run", "steps=2", f"num_workers={workers}", "gradient_accumulation=1"))
+    trainer.setup_data()
+    (data / "only.mp4").write_bytes(b"gone bad")  # after the scan: fails when read
+    with pytest.raises(InputError) as caught:
+        trainer.train_step()
+    message = str(caught.value)
+    assert message.startswith("no data source can be decoded any more") and "Traceback" not in message
+
+
+def damage_first_shard(cache: Path) -> str:
+    shard = sorted(cache.glob("shard-*.safetensors"))[0]
+    shard.write_bytes(shard.read_bytes()[:50])
+    return shard.name
+
+
+def test_a_damaged_latent_cache_shard_is_skipped_and_named(videos, tmp_path, caplog):
+    from sfv_core.train.encoding import LatentCacheDataset
+
+    cache = tmp_path / "cache"
+    cfg = tiny_config(videos, tmp_path / "run", f"data.latent_cache={cache}", "steps=1", "cache_shard_size=2", "gradient_accumulation=1")
+    Trainer(cfg).setup_data()
+    name = damage_first_shard(cache)
+    caplog.set_level("WARNING")
+    assert len(LatentCacheDataset(cache, cfg.data)) == 2  # 4 clips, the damaged shard's 2 left out
+    assert name in caplog.text and "skipping damaged shard" in caplog.text
+    sorted(cache.glob("shard-*.safetensors"))[1].write_bytes(b"")
+    with pytest.raises(InputError, match="every shard of the latent cache .* is damaged or missing: delete"):
+        LatentCacheDataset(cache, cfg.data)
+    (cache / "index.json").write_text("{not json")
+    with pytest.raises(InputError, match="index.json is damaged"):
+        LatentCacheDataset(cache, cfg.data)
+
+
+def test_train_without_the_extras_names_the_install_command(monkeypatch, capsys):
+    import builtins
+
+    from sfv_core.cli import main
+
+    real_import = builtins.__import__
+
+    def without_accelerate(name, *args, **kwargs):
+        if name == "accelerate" or name.startswith("accelerate."):
+            raise ImportError(f"No module named {name!r}", name=name)
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", without_accelerate)
+    assert main(["train", "--set", "model.path=tiny-random", "--set", "data.path=x"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == "error: the trainer needs accelerate, which is not installed: pip install -r requirements.txt -r requirements-train.txt"

@@ -57,6 +57,9 @@ def test_trains_resumes_exactly_and_exports_a_loadable_decoder(frames, tmp_path)
     resumed = DecoderTrainer(config(frames, tmp_path / "b", "steps=3"))
     resumed.train()
     assert resumed.progress.step == 3
+    # The shared loop's checkpoints: a checksum manifest, the progress as safetensors + JSON, nothing for accelerate to unpickle.
+    saved = sorted(p.name for p in (tmp_path / "b" / "checkpoints" / "step-00000003").iterdir())
+    assert "manifest.json" in saved and not any(name.startswith("custom_checkpoint") for name in saved), saved
     a, b = straight.accelerator.unwrap_model(straight.student).state_dict(), resumed.accelerator.unwrap_model(resumed.student).state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
     torch.manual_seed(0)  # run.seed: the student's initial weights

@@ -144,7 +144,7 @@ def table(results: dict) -> str:
 
 
 def run(out: str | Path, cfg: ToyDecoderConfig | None = None, checkpoint: Path | None = None) -> dict:
-    from ..cli import TOY_CHECKPOINT
+    from ..assets import TOY_CHECKPOINT
 
     cfg = cfg or ToyDecoderConfig()
     checkpoint = Path(checkpoint or TOY_CHECKPOINT)
@@ -171,15 +171,15 @@ def run(out: str | Path, cfg: ToyDecoderConfig | None = None, checkpoint: Path |
 
 def ship(results: dict) -> Path:
     """Bundle the distilled decoder under the name the CLI's demo documents."""
-    from ..cli import TOY_TINY_DECODER
+    from .. import assets
 
-    TOY_TINY_DECODER.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(results["files"]["decoder"], TOY_TINY_DECODER)
-    return TOY_TINY_DECODER
+    assets.TOY_TINY_DECODER.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(results["files"]["decoder"], assets.TOY_TINY_DECODER)
+    return assets.TOY_TINY_DECODER
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False)
     parser.add_argument("--out", default="outputs/toy_decoder")
     parser.add_argument("--quick", action="store_true", help="a smoke run with a few steps")
     parser.add_argument("--ship", action="store_true", help="also bundle the decoder into sfv_core/assets")

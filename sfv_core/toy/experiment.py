@@ -1,7 +1,7 @@
 """SF-V in miniature: the paper's Table 1 and head ablation on generated data, end to end.
 
     python -m sfv_core.toy.experiment --out outputs/toy --ship     # the full run (27 min on 2 CPU cores)
-    python -m sfv_core.toy.experiment --out /tmp/toy --quick       # a smoke run (seconds)
+    python -m sfv_core.toy.experiment --out /tmp/toy --quick       # a smoke run (minutes: 395 s on 2 loaded cores)
 
 Stages, all in this process, through the project's own code paths:
   1. data: train / held-out clips from `toy.data`, written as frame folders (the trainer's input);
@@ -387,28 +387,39 @@ def table(results: dict) -> str:
 
 def plot(rows: list[dict], path: Path, key: str = "fvd_proxy_vs_recon") -> Path:
     """Quality (FVD proxy, by default against the VAE's reconstructions) against time per clip,
-    log-log, drawn with PIL (no matplotlib here). Rows without generation (the floor) are left out."""
-    from PIL import Image, ImageDraw
+    on labelled log axes. Rows without generation (the floor) are left out. matplotlib is a
+    train/dev extra (requirements-train.txt, requirements-dev.txt), imported only here."""
+    import matplotlib
 
-    width, height, margin = 1000, 560, 60
-    image = Image.new("RGB", (width, height), "white")
-    draw = ImageDraw.Draw(image)
+    matplotlib.use("Agg")  # files only, no display
+    import matplotlib.pyplot as plt
+    import matplotlib.ticker
+
     points = [(r["seconds_per_clip"], r[key], r["method"]) for r in rows if r["unet_passes"] > 0]
-    xs, ys = [math.log10(p[0]) for p in points], [math.log10(p[1]) for p in points]
-    x0, x1 = min(xs) - 0.1, max(xs) + 0.1
-    y0, y1 = min(ys) - 0.1, max(ys) + 0.1
-    px = lambda x: margin + (x - x0) / (x1 - x0) * (width - 6 * margin)  # room for the labels on the right
-    py = lambda y: height - margin - (y - y0) / (y1 - y0) * (height - 2 * margin)
-    draw.rectangle([margin, margin, width - margin, height - margin], outline="black")
-    for (s, q, name), x, y in zip(points, xs, ys):
-        cx, cy = px(x), py(y)
-        colour = "red" if name.startswith("SF-V") else "blue"
-        draw.ellipse([cx - 5, cy - 5, cx + 5, cy + 5], fill=colour)
-        draw.text((cx + 8, cy - 6), f"{name} ({q:.3g}, {s:.3g}s)", fill="black")
     reference = "the VAE's reconstructions of the held-out clips" if key == "fvd_proxy_vs_recon" else "the real held-out clips"
-    draw.text((margin, height - margin + 20), f"seconds per clip, sampling + decoding (log10, {10**x0:.3g} .. {10**x1:.3g})", fill="black")
-    draw.text((margin, 20), f"FVD proxy against {reference}, lower is better (log10, {10**y0:.3g} .. {10**y1:.3g}); red SF-V, blue teacher", fill="black")
-    image.save(path)
+    figure, axes = plt.subplots(figsize=(9, 5.2), dpi=110)
+    for seconds, quality, name in points:
+        sfv = name.startswith("SF-V")
+        axes.scatter(seconds, quality, s=40, color="tab:red" if sfv else "tab:blue", marker="o" if sfv else "s", zorder=3)
+        axes.annotate(name, (seconds, quality), xytext=(6, 3), textcoords="offset points", fontsize=8)
+    plain = matplotlib.ticker.FuncFormatter(lambda value, _: f"{value:g}")
+    axes.set_xscale("log")
+    axes.set_yscale("log")
+    for axis in (axes.xaxis, axes.yaxis):  # plain numbers, not powers of ten, on major and minor ticks
+        axis.set_major_formatter(plain)
+        axis.set_minor_formatter(plain)
+    low, high = min(p[0] for p in points), max(p[0] for p in points)
+    axes.set_xlim(low / 1.15, high * 1.8)  # room for the labels right of the points
+    axes.set_xlabel("seconds per clip, sampling + decoding (log scale)")
+    axes.set_ylabel(f"FVD proxy vs {reference.split(' of ')[0].removeprefix('the ')} (log scale, lower is better)")
+    axes.set_title(f"SF-V in miniature: quality against time (FVD proxy against {reference})", fontsize=10)
+    axes.grid(True, which="both", linewidth=0.4, alpha=0.5)
+    axes.scatter([], [], color="tab:red", label="SF-V")
+    axes.scatter([], [], color="tab:blue", marker="s", label="teacher")
+    axes.legend(loc="upper right", fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path)
+    plt.close(figure)
     return path
 
 
@@ -432,7 +443,7 @@ def ship(results: dict, assets: Path) -> list[Path]:
     from PIL import Image
 
     from ..checkpoints import save_single_file
-    from ..cli import TOY_CHECKPOINT, TOY_START_IMAGE
+    from ..assets import TOY_CHECKPOINT, TOY_START_IMAGE
 
     cfg = results["config"]
     model = load(Path(results["files"]["sfv_both"]))
@@ -444,7 +455,7 @@ def ship(results: dict, assets: Path) -> list[Path]:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False)
     parser.add_argument("--out", default="outputs/toy")
     parser.add_argument("--quick", action="store_true", help="a smoke run with a few steps of everything")
     parser.add_argument("--ship", action="store_true", help="also bundle the SF-V model and a start image into sfv_core/assets (the CLI's default demo)")
@@ -465,9 +476,9 @@ def main(argv=None) -> int:
     results = run(args.out, cfg)
     print(table(results))
     if args.ship:
-        from ..cli import ASSETS
+        from .. import assets
 
-        for path in ship(results, ASSETS):
+        for path in ship(results, assets.FOLDER):
             print(path)
     return 0
 

@@ -30,18 +30,19 @@ example:  python -m sfv_core train-decoder --set model.path=svd.safetensors --se
 def add_train_parser(subparsers) -> None:
     from .decoder import DecoderTrainConfig
 
-    _add_parser(subparsers, "train", "train an SF-V generator (adversarial fine-tuning of SVD); see train --help", DESCRIPTION, TrainConfig)
-    _add_parser(subparsers, "train-decoder", "distil a tiny fast decoder from the checkpoint's temporal VAE decoder; see train-decoder --help",
+    _add_trainer_command(subparsers, "train", "train an SF-V generator (adversarial fine-tuning of SVD); see train --help", DESCRIPTION, TrainConfig)
+    _add_trainer_command(subparsers, "train-decoder", "distil a tiny fast decoder from the checkpoint's temporal VAE decoder; see train-decoder --help",
                 DECODER_DESCRIPTION, DecoderTrainConfig)
 
 
-def _add_parser(subparsers, name: str, summary: str, description: str, config_type: type) -> argparse.ArgumentParser:
+def _add_trainer_command(subparsers, name: str, summary: str, description: str, config_type: type) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
         name,
         help=summary,
         description=description,
         epilog=help_text(config_type),
         formatter_class=argparse.RawDescriptionHelpFormatter,
+        allow_abbrev=False,
     )
     p.add_argument("--config", help="YAML config file (sections and fields below); omitted fields keep their defaults")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -64,11 +65,23 @@ def make_trainer(config):
     return DecoderTrainer(config)
 
 
+def require_extras() -> None:
+    """The trainer's extra requirements, or one line saying how to install them."""
+    from ..errors import InputError
+    from . import EXTRAS_INSTALL
+
+    try:
+        import accelerate  # noqa: F401
+    except ImportError as error:
+        raise InputError(f"the trainer needs {error.name}, which is not installed: {EXTRAS_INSTALL}") from None
+
+
 def run_train(args) -> None:
     config = load_config(args.config, args.overrides, getattr(args, "config_type", TrainConfig))
     if args.print_config:
         print(to_yaml(config))
         return
+    require_extras()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     trainer = make_trainer(config)
     if args.export_only:

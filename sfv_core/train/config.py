@@ -9,12 +9,14 @@ paper's recipe (SF-V, Zhang et al. 2024) where it states one; the rest are marke
 from __future__ import annotations
 
 import dataclasses
+import math
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
 
+from .. import limits
 from ..errors import InputError
 from ..sampling import SFV_TRAINING_LEVELS
 
@@ -46,8 +48,8 @@ class DataConfig:
     path: str = doc("Folder of videos (.mp4 .webm .mov .mkv .avi, read with PyAV) and/or of frame folders (folders of .png/.jpg/.webp frames, sorted by name). Searched recursively.", "")
     num_frames: int = doc("Frames per training clip (SVD img2vid: 14). The first frame is the image condition.", 14)
     fps: float = doc("Clips are resampled to this frame rate; it also goes into the time ids (as fps - 1).", 7.0)
-    width: int = doc("Clip width in pixels after resize + centre crop (multiple of 64).", 768)
-    height: int = doc("Clip height in pixels after resize + centre crop (multiple of 64).", 448)
+    width: int = doc("Clip width in pixels after resize + centre crop (a multiple of 8).", 768)
+    height: int = doc("Clip height in pixels after resize + centre crop (a multiple of 8).", 448)
     frame_folder_fps: typing.Optional[float] = doc("Frame rate of frame-folder sources; null means their frames are already at data.fps.", None)
     motion_bucket_id: int = doc("Motion bucket id put in the time ids (SVD default 127).", 127)
     augmentation: float = doc("Noise augmentation of the conditioning frame in [-1,1] pixel space (SVD: 0.02); also goes into the time ids.", 0.02)
@@ -136,7 +138,11 @@ class TrainConfig:
     run: RunConfig = field(default_factory=RunConfig)
 
     def validate(self) -> "TrainConfig":
+        o = self.optim
         checks = common_checks(self) + [
+            (0.0 <= o.ema_decay <= 1.0, f"optim.ema_decay must be between 0 and 1, got {o.ema_decay}"),
+            (o.lr_generator >= 0 and o.lr_discriminator >= 0, "optim learning rates must be >= 0"),
+            (self.loss.disc_levels >= 2 and self.loss.disc_p_std > 0 and self.loss.edm_p_std > 0 and self.loss.huber_c > 0, "loss.disc_levels must be >= 2, and disc_p_std, edm_p_std and huber_c > 0"),
             (self.loss.mode in LOSS_MODES, f"loss.mode must be one of {LOSS_MODES}"),
             (bool(self.loss.generator_levels) and all(isinstance(s, (int, float)) and s > 0 for s in self.loss.generator_levels), "loss.generator_levels must be a list of positive noise levels"),
             (self.loss.r1_mode in R1_MODES, f"loss.r1_mode must be one of {R1_MODES}"),
@@ -150,16 +156,41 @@ class TrainConfig:
 
 
 def common_checks(config) -> list[tuple[bool, str]]:
-    """Checks of the sections every trainer's config has: model, data, optim, run."""
-    return [
-        (config.run.mixed_precision in PRECISIONS, f"run.mixed_precision must be one of {PRECISIONS}"),
-        (config.run.export_dtype in PRECISIONS, f"run.export_dtype must be one of {PRECISIONS}"),
-        (config.data.width % 8 == 0 and config.data.height % 8 == 0, "data.width and data.height must be multiples of 8 (64 is safer)"),
-        (config.data.num_frames >= 2, "data.num_frames must be at least 2"),
-        (config.optim.gradient_accumulation >= 1 and config.data.batch_size >= 1, "batch_size and gradient_accumulation must be >= 1"),
-        (bool(config.model.path), f"model.path is empty: point it at an SVD single file or diffusers folder ('{TINY_RANDOM}' for tests)"),
-        (bool(config.data.path) or bool(config.data.latent_cache), "data.path is empty: point it at a folder of videos or frame folders"),
+    """Checks of the sections every trainer's config has: model, data, optim, run. Numbers
+    outside the shared ranges (sfv_core.limits) and NaN / infinities are refused here at once."""
+    check_finite_fields(config)
+    d, o, r = config.data, config.optim, config.run
+    ranged = [
+        (limits.CLIP_WIDTH, d.width, "data.width"), (limits.CLIP_HEIGHT, d.height, "data.height"), (limits.FRAMES, d.num_frames, "data.num_frames"),
+        (limits.FPS, d.fps, "data.fps"), (limits.MOTION_BUCKET, d.motion_bucket_id, "data.motion_bucket_id"),
+        (limits.AUGMENTATION, d.augmentation, "data.augmentation"), (limits.SEED, r.seed, "run.seed"),
     ]
+    for limit, value, name in ranged:
+        limit.check(value, name)
+    return [
+        (r.mixed_precision in PRECISIONS, f"run.mixed_precision must be one of {PRECISIONS}"),
+        (r.export_dtype in PRECISIONS, f"run.export_dtype must be one of {PRECISIONS}"),
+        (r.steps >= 1, f"run.steps must be at least 1, got {r.steps} (0 would export the untrained network)"),
+        (r.checkpoint_every >= 1 and r.log_every >= 1, "run.checkpoint_every and run.log_every must be at least 1 (steps between saves / log lines)"),
+        (r.keep_checkpoints >= 1 and r.preview_every >= 0, "run.keep_checkpoints must be at least 1 and run.preview_every at least 0"),
+        (o.weight_decay >= 0 and o.grad_clip >= 0, "optim weight_decay and grad_clip must be >= 0"),
+        (0.0 <= o.beta1 < 1.0 and 0.0 <= o.beta2 < 1.0, "optim.beta1 and optim.beta2 must be in [0, 1)"),
+        (d.num_workers >= 0 and d.cache_clips_per_video >= 1 and d.cache_shard_size >= 1, "data.num_workers must be >= 0, cache_clips_per_video and cache_shard_size >= 1"),
+        (d.width % 8 == 0 and d.height % 8 == 0, "data.width and data.height must be multiples of 8 (the VAE works on 8x8 pixel blocks)"),
+        (d.num_frames >= 2, "data.num_frames must be at least 2"),
+        (o.gradient_accumulation >= 1 and d.batch_size >= 1, "batch_size and gradient_accumulation must be >= 1"),
+        (bool(config.model.path), f"model.path is empty: point it at an SVD single file or diffusers folder ('{TINY_RANDOM}' for tests)"),
+        (bool(d.path) or bool(d.latent_cache), "data.path is empty: point it at a folder of videos or frame folders"),
+    ]
+
+
+def check_finite_fields(config) -> None:
+    for section_name in sections(type(config)):
+        section = getattr(config, section_name)
+        for f in dataclasses.fields(section):
+            value = getattr(section, f.name)
+            if isinstance(value, float) and not math.isfinite(value):
+                raise InputError(f"config field {section_name}.{f.name} must be a finite number, got {value}")
 
 
 def raise_failed(checks: list[tuple[bool, str]], config):
@@ -251,9 +282,32 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     """Defaults, then the YAML file, then `--set` overrides."""
     config = root()
     if path:
-        text = Path(path).read_text(encoding="utf-8")
-        apply_values(config, yaml.safe_load(text) or {}, str(path))
+        apply_values(config, read_yaml(Path(path)), str(path))
     return apply_values(config, parse_overrides(overrides or [], root), "--set")
+
+
+def read_yaml(path: Path) -> dict:
+    """A config file's mapping; plain YAML only (safe_load: no Python tags)."""
+    try:
+        values = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise InputError(f"config file {path} does not exist: check --config (configs/train_sfv.yaml is the template)") from None
+    except IsADirectoryError:
+        raise InputError(f"config {path} is a folder: --config takes a YAML file") from None
+    except UnicodeDecodeError:
+        raise InputError(f"config file {path} is not text: --config takes a YAML file") from None
+    except OSError as error:
+        raise InputError(f"cannot read config file {path} ({error.strerror}): check its permissions") from None
+    except yaml.YAMLError as error:
+        where = getattr(error, "problem_mark", None)
+        line = f" at line {where.line + 1}" if where else ""
+        problem = getattr(error, "problem", None) or type(error).__name__
+        raise InputError(f"config file {path} is not plain YAML{line} ({problem}): write sections of field: value (no Python tags)") from None
+    if values is None:
+        return {}
+    if not isinstance(values, dict):
+        raise InputError(f"config file {path} holds a {type(values).__name__}, not a mapping: write sections of field: value (see configs/train_sfv.yaml)")
+    return values
 
 
 def help_text(root: type = TrainConfig) -> str:

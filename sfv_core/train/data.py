@@ -21,6 +21,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..errors import InputError
+
 log = logging.getLogger("sfv_core.train")
 
 VIDEO_SUFFIXES = (".mp4", ".webm", ".mov", ".mkv", ".avi", ".m4v")
@@ -52,8 +54,6 @@ def find_candidates(root: str | Path) -> list[tuple[Path, str]]:
     """Video files and folders directly holding image frames under `root`, sorted by path."""
     root = Path(root)
     if not root.is_dir():
-        from ..errors import InputError
-
         raise InputError(f"data.path {root} is not a folder of videos or frame folders")
     found = []
     for path in sorted(root.rglob("*")):
@@ -178,6 +178,9 @@ def item_rng(seed: int, epoch: int, index: int) -> np.random.Generator:
     return np.random.default_rng([seed, epoch, index])
 
 
+NONE_LEFT = "no data source can be decoded any more"
+
+
 class VideoClipDataset(torch.utils.data.Dataset):
     """Items are addressed by (epoch, index) so a clip's start depends on the epoch too."""
 
@@ -205,7 +208,7 @@ class VideoClipDataset(torch.utils.data.Dataset):
                 return {"frames": clip, "fallbacks": torch.tensor(fallback)}
             except Exception as error:  # a file that passed the probe but fails now: use the next one
                 log.warning("skipping %s mid-run: %s", source.path, error)
-        raise RuntimeError("no source in the dataset can be decoded any more")
+        raise InputError(f"{NONE_LEFT}: all {len(self.sources)} failed to decode mid-run (logged above); check the files under data.path, then rerun to resume from the last checkpoint")
 
 
 class ClipOrder:
@@ -217,8 +220,6 @@ class ClipOrder:
     def __init__(self, size: int, batch_size: int, seed: int, rank: int = 0, world_size: int = 1):
         self.size, self.batch_size, self.seed, self.rank, self.world_size = size, batch_size, seed, rank, world_size
         if self.batches_per_epoch == 0:
-            from ..errors import InputError
-
             raise InputError(f"{size} usable clips cannot fill one batch of {batch_size} on each of {world_size} processes: add data or lower data.batch_size")
 
     @property
@@ -261,6 +262,10 @@ class BatchStream:
             self.epoch, self.position, self._iterator = self.epoch + 1, 0, None
         if self._iterator is None:
             self._start_epoch()
-        batch = next(self._iterator)
+        try:
+            batch = next(self._iterator)
+        except InputError as error:  # from a worker process, its message also carries the worker's traceback
+            message = str(error)
+            raise InputError(message[message.rfind(NONE_LEFT):].strip() if NONE_LEFT in message else message) from None
         self.position += 1
         return batch

@@ -72,6 +72,7 @@ class DecoderTrainConfig:
             (self.run.preview_every == 0 and not self.run.export_single_file and not self.run.gradient_checkpointing,
              "run.preview_every, run.export_single_file and run.gradient_checkpointing are SF-V settings: leave them 0 / false for train-decoder"),
             (min(self.loss.pixel_weight, self.loss.edge_weight, self.loss.temporal_weight) >= 0, "loss weights must be >= 0"),
+            (self.optim.lr >= 0, "optim.lr must be >= 0"),
         ]
         return raise_failed(checks, self)
 
@@ -91,7 +92,7 @@ class DecoderTrainer(RunTrainer):
         o = cfg.optim
         optimizer = torch.optim.AdamW(student.parameters(), lr=o.lr, betas=(o.beta1, o.beta2), weight_decay=o.weight_decay)
         self.student, self.optimizer = self.accelerator.prepare(student.to(self.device), optimizer)
-        return []
+        return {}
 
     def vae_needed_after_cache(self) -> bool:
         return True

@@ -124,10 +124,33 @@ class LatentCacheDataset(torch.utils.data.Dataset):
 
     def __init__(self, folder: str | Path, data_cfg):
         self.folder = Path(folder)
-        index = json.loads((self.folder / CACHE_INDEX).read_text())
-        if index["settings"] != cache_settings(data_cfg):
-            raise InputError(f"the latent cache in {folder} was built with {index['settings']}, not the config's {cache_settings(data_cfg)}: point data.latent_cache at a new folder")
-        self.rows = [(shard["file"], row) for shard in index["shards"] for row in range(shard["clips"])]
+        rebuild = f"delete {self.folder} to encode the cache again"
+        try:
+            index = json.loads((self.folder / CACHE_INDEX).read_text(encoding="utf-8"))
+            settings, shards = index["settings"], [(str(s["file"]), int(s["clips"])) for s in index["shards"]]
+        except (OSError, ValueError, KeyError, TypeError) as error:
+            raise InputError(f"the latent cache index {self.folder / CACHE_INDEX} is damaged ({type(error).__name__}): {rebuild}") from None
+        if settings != cache_settings(data_cfg):
+            raise InputError(f"the latent cache in {folder} was built with {settings}, not the config's {cache_settings(data_cfg)}: point data.latent_cache at a new folder")
+        usable = [(file, clips) for file, clips in shards if self._shard_ok(file, clips)]
+        if not usable:
+            raise InputError(f"every shard of the latent cache in {self.folder} is damaged or missing: {rebuild}")
+        self.rows = [(file, row) for file, clips in usable for row in range(clips)]
+
+    def _shard_ok(self, file: str, clips: int) -> bool:
+        """A shard whose header does not hold `clips` rows of every cached tensor is skipped, with a warning."""
+        from safetensors import safe_open
+
+        try:
+            with safe_open(str(self.folder / file), "pt") as f:
+                ok = all(name in f.keys() and f.get_slice(name).get_shape()[0] == clips for name in CACHE_KEYS)
+        except Exception as error:  # safetensors reports a torn or foreign file in several ways
+            ok, reason = False, f"{type(error).__name__}: {error}"
+        else:
+            reason = "its tensors do not match the index"
+        if not ok:
+            log.warning("latent cache: skipping damaged shard %s (%s); its %d clips are left out (delete the cache to encode them again)", self.folder / file, reason, clips)
+        return ok
 
     def __len__(self) -> int:
         return len(self.rows)

@@ -2,7 +2,8 @@
 
 A trainer (the SF-V UNet trainer in `trainer`, the tiny decoder's in `decoder`) subclasses
 `RunTrainer` and adds its networks and loss: `build()` makes the networks and optimisers and
-returns the extra objects to checkpoint, `train_step()` runs one optimiser step and returns
+returns its own objects to checkpoint by name (saved by `state` as safetensors + JSON, never
+pickled), `train_step()` runs one optimiser step and returns
 the losses to log, `after_step()` may write previews, `export()` writes the result.
 """
 
@@ -10,12 +11,15 @@ from __future__ import annotations
 
 import json
 import logging
+import pickle
+import shutil
 import time
 from pathlib import Path
 
 import torch
 
-from ..errors import InputError
+from ..errors import CheckpointError, InputError, OutputError
+from ..files import writing
 from ..models import TINY, SVDModel, build_random_model
 from ..runtime import move
 from ..sampling import Conditioning
@@ -24,6 +28,7 @@ from .config import TINY_RANDOM
 from .data import BatchStream, ClipOrder, Source, VideoClipDataset, scan
 from .encoding import LatentCacheDataset, batch_inputs, build_latent_cache, cache_is_complete, finish_latent_cache
 from .logs import LossLog
+from .state import load_state, save_state
 
 log = logging.getLogger("sfv_core.train")
 
@@ -37,6 +42,16 @@ def load_base_model(path: str) -> SVDModel:
     from ..checkpoints import load_model
 
     return load_model(path, dtype=torch.float32, device="cpu")
+
+
+def check_rng_states(folder: Path, rank: int) -> None:
+    """accelerate skips an unreadable RNG file with an info log, which would quietly break the
+    exact resume: read it first (weights_only, as accelerate does) so a bad one is an error."""
+    from accelerate.utils import load
+
+    states = load(folder / f"random_states_{rank}.pkl")
+    if not isinstance(states, dict) or "torch_manual_seed" not in states:
+        raise ValueError(f"random_states_{rank}.pkl holds no RNG states")
 
 
 def make_accelerator(cfg):
@@ -95,13 +110,14 @@ class RunTrainer:
         self.model = load_base_model(cfg.model.path)
         states = self.build()
         self.progress = Progress(cfg.run.seed, self.accelerator.process_index)
-        for state in [*states, self.progress]:
-            self.accelerator.register_for_checkpointing(state)
+        # Saved by train.state as safetensors + JSON; never registered with accelerate, which pickles them.
+        self.own_state = {**states, "progress": self.progress}
         self.stream: BatchStream | None = None
         self.loss_log: LossLog | None = None
 
-    def build(self) -> list:
-        """Make the networks and optimisers; return the extra objects to checkpoint."""
+    def build(self) -> dict:
+        """Make the networks and optimisers; return the extra objects to checkpoint, by name
+        (each with state_dict / load_state_dict)."""
         raise NotImplementedError
 
     def train_step(self) -> dict:
@@ -143,11 +159,17 @@ class RunTrainer:
                 temporary.write_text(json.dumps(listed, indent=1))
         self.accelerator.wait_for_everyone()
         saved = json.loads(listing.read_text())
+        if not saved["sources"]:
+            raise InputError(
+                f"data.path {d.path} holds no usable training video ({saved['summary']}): it needs videos (.mp4 .webm .mov .mkv .avi) "
+                f"or frame folders at least {d.num_frames} frames long at {d.fps:g} fps"
+            )
         return [Source(**{**s, "frames": tuple(s["frames"])}) for s in saved["sources"]]
 
     def setup_data(self) -> None:
         d, acc = self.cfg.data, self.accelerator
-        self.run_dir.mkdir(parents=True, exist_ok=True)
+        with writing(self.run_dir):
+            self.run_dir.mkdir(parents=True, exist_ok=True)
         if d.latent_cache:
             if not cache_is_complete(d.latent_cache):
                 self.place_encoders(vae=True, image_encoder=True)
@@ -185,7 +207,17 @@ class RunTrainer:
         if acc.is_main_process:
             checkpointing.clear_temp_folders(self.run_dir)
         acc.wait_for_everyone()
-        acc.save_state(str(checkpointing.temp_folder(self.run_dir, step)), safe_serialization=True)
+        folder = checkpointing.temp_folder(self.run_dir, step)
+        try:
+            acc.save_state(str(folder), safe_serialization=True)
+            save_state(folder, self.own_state, write=acc.is_main_process)
+        except Exception as error:  # torch, safetensors and the OS each word a full disk differently
+            shutil.rmtree(folder, ignore_errors=True)  # a half-written checkpoint would keep the disk full
+            reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            raise OutputError(
+                f"writing the checkpoint of step {step} into {folder.parent} failed ({reason}); the previous checkpoint is intact: "
+                "if the disk is full, free space and rerun the same command to resume."
+            ) from None
         acc.wait_for_everyone()
         final = None
         if acc.is_main_process:
@@ -195,16 +227,29 @@ class RunTrainer:
         return final
 
     def resume(self) -> bool:
-        """Load `latest` if there is one: weights, optimisers, registered objects, RNGs, data position, step."""
-        folder = checkpointing.latest_checkpoint(self.run_dir)
+        """Load `latest` if there is one: weights, optimisers, the trainer's own objects, RNGs, data position, step."""
+        from accelerate.utils import broadcast_object_list
+
+        acc = self.accelerator
+        # The main process checks the checksums once; every process loads the folder it chose.
+        chosen = [checkpointing.latest_checkpoint(self.run_dir) if acc.is_main_process else None]
+        folder = broadcast_object_list(chosen)[0] if acc.num_processes > 1 else chosen[0]
         if folder is None:
             return False
-        self.accelerator.load_state(str(folder))
+        try:
+            check_rng_states(folder, acc.process_index)
+            acc.load_state(str(folder))
+        except (pickle.UnpicklingError, RuntimeError, OSError, ValueError, KeyError, EOFError) as error:
+            reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            raise CheckpointError(f"cannot load checkpoint {folder} ({reason}): delete that folder to resume from an older one.") from None
+        load_state(folder, self.own_state)
         log.info("resumed from %s at step %d", folder, self.progress.step)
         return True
 
     def train(self) -> None:
         cfg, acc = self.cfg, self.accelerator
+        if acc.is_main_process:
+            checkpointing.clear_temp_folders(self.run_dir)
         self.setup_data()
         if cfg.run.resume:
             self.resume()

@@ -19,7 +19,7 @@ def randn(shape, generator: torch.Generator, device) -> torch.Tensor:
 
 
 def generator_sigmas(clips: int, levels: list[float], generator: torch.Generator, device) -> torch.Tensor:
-    """The generator's input level per clip, uniform over `levels` (SF-V: 700, 70.6, 2.27)."""
+    """The generator's input level per clip, uniform over `levels` (SF-V: 700, 70.54, 2.27)."""
     choice = torch.randint(len(levels), (clips,), generator=generator)
     return torch.tensor(levels, dtype=torch.float32)[choice].to(device)
 

@@ -1,7 +1,7 @@
 """The training loop: SF-V's adversarial fine-tuning (or EDM diffusion training) of an SVD UNet.
 
 One optimiser step = `gradient_accumulation` micro-batches, each:
-  1. generator phase: a real clip noised to a level from {700, 70.6, 2.27} -> x0 = D(x; sigma)
+  1. generator phase: a real clip noised to a level from {700, 70.54, 2.27} -> x0 = D(x; sigma)
      (`sampling.denoise`, the same function inference runs); x0 re-noised to a lognormal
      level -> frozen encoder -> heads (frozen for this phase) -> hinge loss, plus 0.1 x
      pseudo-Huber(x0, real); backward into G only.
@@ -63,7 +63,7 @@ class Trainer(RunTrainer):
         self.ema = EMA(self.generator.parameters(), cfg.optim.ema_decay)
         self.last_cond: Conditioning | None = None
         self.last_r1 = float("nan")
-        return ([self.heads] if self.adversarial else []) + [self.ema]
+        return {**({"heads": self.heads} if self.adversarial else {}), "ema": self.ema}
 
     def vae_needed_after_cache(self) -> bool:
         return self.cfg.run.preview_every > 0

@@ -1,0 +1,14 @@
+"""The bundled demo's files: the toy SF-V model and its held-out start frame (written by
+`python -m sfv_core.toy.experiment --ship`), and the start image SVD's defaults use.
+
+The command line reads them; the miniature writes the first two under these names."""
+
+from pathlib import Path
+
+FOLDER = Path(__file__).parent
+TOY_CHECKPOINT = FOLDER / "sfv_toy.safetensors"
+TOY_START_IMAGE = FOLDER / "toy_start.png"
+DEMO_IMAGE = FOLDER / "start.png"
+# Where `python -m sfv_core.toy.decoder --ship` puts the tiny decoder it distils from the toy
+# model's VAE (for `generate --decoder`); the demo's default decode stays the full decoder.
+TOY_TINY_DECODER = FOLDER / "sfv_toy_tiny_decoder.safetensors"
