@@ -7,17 +7,42 @@ import torch
 from ..sfv_core import limits
 from ..sfv_core.conditioning import check_video_size, encode_image_latent_native, to_rgb
 from ..sfv_core.decoding import decode_bytes_per_frame, plan_chunks
-from ..sfv_core.errors import InputError
+from ..sfv_core.errors import CheckpointError, InputError
+from ..sfv_core.tiny_decoder import may_be_tiny_decoder_file
 from . import comfy_runtime
 from . import latent as latent_layout
+from .loader import SFV_FOLDER
 from .model import user_errors
+
+FULL_DECODER = "full"
+# Tiny decoders (what `python -m sfv_core train-decoder` writes) are listed from these folders
+# as "folder/name": .safetensors files, less those whose header says they are something else
+# (SF-V UNets, TAESD's files).
+TINY_DECODER_FOLDERS = ("vae_approx", SFV_FOLDER)
+
+
+def tiny_decoder_choices() -> list[str]:
+    choices = []
+    for kind in TINY_DECODER_FOLDERS:
+        for name in comfy_runtime.model_files(kind):
+            if name.lower().endswith(".safetensors") and may_be_tiny_decoder_file(comfy_runtime.model_file_path(kind, name)):
+                choices.append(f"{kind}/{name}")
+    return choices
+
+
+def tiny_decoder_path(choice: str) -> str:
+    kind, _, name = choice.partition("/")
+    path = comfy_runtime.model_file_path(kind, name) if kind in TINY_DECODER_FOLDERS else None
+    if path is None:
+        raise CheckpointError(f"tiny decoder {choice!r} was not found in models/vae_approx or models/{SFV_FOLDER}: refresh the node list (press r) and pick one that exists, or {FULL_DECODER!r}.")
+    return path
 
 
 class SFVTemporalVAEDecode:
     DESCRIPTION = (
         "Decodes a LATENT with SVD's temporal VAE decoder, a fixed number of frames at a time, so the video is the "
-        "same on every card. Takes the SFV sampler's LATENT or one from native SVD nodes. Outputs all clips' frames "
-        "one after another."
+        "same on every card, or with a tiny decoder distilled from it (many times faster, less fine detail). Takes the "
+        "SFV sampler's LATENT or one from native SVD nodes. Outputs all clips' frames one after another."
     )
     CATEGORY = "SF-V"
     FUNCTION = "decode"
@@ -34,10 +59,13 @@ class SFVTemporalVAEDecode:
                 "frames_per_chunk": ("INT", {"default": 14, **limits.DECODE_CHUNK.widget(), "tooltip": "Frames decoded together (0: a whole clip). The temporal layers mix frames only inside a chunk; fewer frames use less memory (about 1.2 GB per 1024x576 frame in bf16)."}),
                 "overlap": ("INT", {"default": 0, **limits.DECODE_OVERLAP.widget(), "tooltip": "Frames shared by consecutive chunks and cross-faded, to hide seams between chunks. Below frames_per_chunk."}),
                 "frames_per_clip": ("INT", {"default": 0, **limits.FRAMES_PER_CLIP.widget(), "tooltip": "Frames of one clip; a number here wins over what the LATENT says. 0: the count the SFV sampler stored in the LATENT (while native batch nodes have kept it true), else the whole batch as one clip."}),
-            }
+            },
+            "optional": {
+                "decoder": ([FULL_DECODER, *tiny_decoder_choices()], {"default": FULL_DECODER, "tooltip": f"'{FULL_DECODER}': the model's temporal VAE decoder. Or a tiny decoder distilled from it (python -m sfv_core train-decoder) from models/vae_approx or models/{SFV_FOLDER}: far faster and lighter, loses fine detail; it streams frames_per_chunk frames at a time with no seams (overlap does not apply)."}),
+            },
         }
 
-    def decode(self, sfv_model, samples, frames_per_chunk, overlap, frames_per_clip):
+    def decode(self, sfv_model, samples, frames_per_chunk, overlap, frames_per_clip, decoder=FULL_DECODER):
         with user_errors():
             latents = latent_layout.unpack(samples, frames_per_clip)
             clips, frames, channels, height, width = latents.shape
@@ -45,8 +73,14 @@ class SFVTemporalVAEDecode:
             if channels != vae.config.latent_channels:
                 raise InputError(f"the LATENT has {channels} channels but SVD's VAE takes {vae.config.latent_channels}: connect a latent of an SVD-family model.")
             chunk = min(frames_per_chunk or frames, frames)
-            chunks = clips * len(plan_chunks(frames, chunk, overlap))
-            pipeline = sfv_model.use("vae", memory_required=decode_bytes_per_frame(vae, height * 8, width * 8) * chunk)
+            if decoder == FULL_DECODER:
+                chunks = clips * len(plan_chunks(frames, chunk, overlap))
+                pipeline = sfv_model.use("vae", memory_required=decode_bytes_per_frame(vae, height * 8, width * 8) * chunk)
+                tiny = None
+            else:  # a few MB of weights: loaded per run, outside ComfyUI's memory manager
+                chunks, overlap = clips * len(plan_chunks(frames, chunk)), 0
+                pipeline = sfv_model.pipeline
+                tiny = pipeline.load_decoder(tiny_decoder_path(decoder))
             progress = comfy_runtime.progress_bar(chunks)
 
             def on_chunk(done, total):
@@ -54,7 +88,7 @@ class SFVTemporalVAEDecode:
                 comfy_runtime.check_interrupted()
 
             comfy_runtime.check_interrupted()
-            video = pipeline.decode(latents, chunk, overlap, callback=on_chunk)
+            video = pipeline.decode(latents, chunk, overlap, callback=on_chunk, decoder=tiny)
         return (video.reshape(clips * frames, *video.shape[2:]),)
 
 

@@ -47,7 +47,8 @@ def _add_generate(subparsers) -> None:
     p.add_argument("--init-latent", help="edit an existing clip: a latent file (from --save-latent or ComfyUI's SaveLatent)")
     p.add_argument("--denoise", type=float, default=1.0, help="with --init-latent: 1 regenerates, 2/3 is SF-V level 70.54, 1/3 level 2.27")
     p.add_argument("--decode-chunk", type=int, default=0, help="frames decoded together (0: all); smaller uses less memory")
-    p.add_argument("--decode-overlap", type=int, default=0, help="frames shared by consecutive decode chunks, cross-faded")
+    p.add_argument("--decode-overlap", type=int, default=0, help="frames shared by consecutive decode chunks, cross-faded (full decoder only)")
+    p.add_argument("--decoder", help="a tiny decoder file (from train-decoder) to decode with instead of the checkpoint's temporal VAE: much faster, less fine detail")
     p.add_argument("--length", type=int, help="frames of a long video made by extending the first clip with clips of --frames frames (see --overlap)")
     p.add_argument("--overlap", type=int, default=DEFAULT_OVERLAP, help="with --length: frames each clip shares with the one before")
     p.add_argument("--overlap-denoise", type=float, default=DEFAULT_OVERLAP_DENOISE, help="with --length: level the shared frames are re-noised to (2/3: SF-V level 70.54, 1/3: 2.27, 1: only the condition frame is carried)")
@@ -96,7 +97,11 @@ def check_settings(args) -> None:
     sigma_for_denoise(args.denoise)
     if args.denoise != 1.0 and not args.init_latent:
         raise InputError(f"--denoise {args.denoise} needs a latent clip to start from: add --init-latent FILE, or leave --denoise at 1.0.")
-    plan_chunks(args.frames, args.decode_chunk or None, args.decode_overlap)
+    plan_chunks(args.frames, args.decode_chunk or None, decode_overlap(args))
+
+
+def decode_overlap(args) -> int:
+    return 0 if args.decoder else args.decode_overlap  # the tiny decoder streams with no seams
 
 
 def check_outputs(args, clips: int) -> None:
@@ -147,10 +152,13 @@ def check_models(args, runtime, clips: int) -> None:
     from . import memory
     from .checkpoints import check_sfv_unet, inspect_full_model
     from .models import check_unet_can_run
+    from .tiny_decoder import check_config_fits, read_config
 
     base = inspect_full_model(args.checkpoint)
     if args.sfv_unet:
         check_sfv_unet(args.sfv_unet, base)
+    if args.decoder:
+        check_config_fits(read_config(args.decoder), base.vae_config)
     check_unet_can_run(base.unet_config, args.width, args.height, args.frames, clips)
     stages = memory.generation_stages(base.unet_config, base.vae_config, runtime.dtype, runtime.vae_dtype, clips, args.frames, args.height, args.width, args.decode_chunk)
     weights = base.parameter_count * memory.element_bytes(runtime.dtype)
@@ -188,16 +196,17 @@ def run_generate(args) -> None:
     print(describe_run(args, images.shape[0], defaults_of, long_video), file=sys.stderr)
 
     pipe = SFVPipeline.from_files(args.checkpoint, args.sfv_unet, args.device, args.dtype, args.vae_dtype, args.attention, args.compile)
+    decoder = pipe.load_decoder(args.decoder) if args.decoder else None
     settings = dict(width=args.width, height=args.height, num_frames=args.frames, fps=args.fps, motion_bucket_id=args.motion_bucket, augmentation=args.aug, variant=args.preprocess, resize=args.resize)
     if long_video is not None:
-        run_long(pipe, images, args, long_video, settings)
+        run_long(pipe, images, args, long_video, settings, decoder)
         return
     cond, _ = pipe.condition(images, **settings)
     with tqdm(total=args.steps, desc="sample", unit="step", file=sys.stderr) as bar:
         latents = pipe.sample(cond, args.seed, args.steps, init, args.denoise, callback=lambda i: bar.update(1))
-    chunks = len(plan_chunks(args.frames, args.decode_chunk or None, args.decode_overlap)) * latents.shape[0]
+    chunks = len(plan_chunks(args.frames, args.decode_chunk or None, decode_overlap(args))) * latents.shape[0]
     with tqdm(total=chunks, desc="decode", unit="chunk", file=sys.stderr) as bar:
-        frames = pipe.decode(latents, args.decode_chunk or None, args.decode_overlap, callback=lambda done, total: bar.update(1))
+        frames = pipe.decode(latents, args.decode_chunk or None, decode_overlap(args), callback=lambda done, total: bar.update(1), decoder=decoder)
     for clip, path in zip(frames, clip_paths(args.out, frames.shape[0])):
         print(save_clip(clip, path, args.fps))
     if args.save_latent:
@@ -217,7 +226,7 @@ def extension_settings(args):
     return settings
 
 
-def run_long(pipe, images, args, long_video, settings) -> None:
+def run_long(pipe, images, args, long_video, settings, decoder=None) -> None:
     """--length: clip after clip, each decoded and appended to the output file(s) as it is made."""
     from contextlib import ExitStack
 
@@ -227,7 +236,7 @@ def run_long(pipe, images, args, long_video, settings) -> None:
     from .video_io import clip_paths, open_video
 
     condition = {key: value for key, value in settings.items() if key != "num_frames"}
-    decode = dict(chunk_frames=args.decode_chunk or None, overlap=args.decode_overlap)
+    decode = dict(chunk_frames=args.decode_chunk or None, overlap=decode_overlap(args), decoder=decoder)
     paths = clip_paths(args.out, images.shape[0])
     with ExitStack() as files, tqdm(total=clips_for_length(args.length, long_video), desc="clips", unit="clip", file=sys.stderr) as bar:
         videos = [files.enter_context(open_video(path, args.fps)) for path in paths]

@@ -19,6 +19,8 @@ log = logging.getLogger("sfv")
 
 def plan_chunks(num_frames: int, chunk_frames: int | None, overlap: int = 0) -> list[tuple[int, int]]:
     """[start, end) frame ranges covering the clip; consecutive ranges share `overlap` frames."""
+    if chunk_frames is not None and chunk_frames < 0:
+        raise InputError(f"frames per chunk must be 0 (the whole clip) or more, got {chunk_frames}: set it to 0 or a positive number.")
     chunk = num_frames if not chunk_frames or chunk_frames >= num_frames else chunk_frames
     if chunk == num_frames:
         return [(0, num_frames)]
@@ -46,6 +48,16 @@ def blend_weights(ranges: list[tuple[int, int]]) -> list[torch.Tensor]:
             w[end - start - fade_out :] = torch.arange(fade_out, 0, -1) / (fade_out + 1)
         weights.append(w)
     return weights
+
+
+def check_latents(raw_latents: torch.Tensor) -> None:
+    if not torch.isfinite(raw_latents).all():
+        raise InputError("the LATENT contains NaN or infinite values, so it cannot be decoded: re-run the sampler (in fp32 or bf16 rather than fp16) or check the node that made the latent.")
+
+
+def to_frames(pixels: torch.Tensor) -> torch.Tensor:
+    """Decoder output (..., 3, H, W) in about [-1, 1] -> frames (..., H, W, 3) float32 in [0, 1] on the CPU."""
+    return ((pixels.float() + 1.0) / 2.0).clamp(0.0, 1.0).movedim(-3, -1).cpu()
 
 
 def vae_decoder(vae):
@@ -81,6 +93,7 @@ def decode_latents(vae, raw_latents: torch.Tensor, chunk_frames: int | None = No
     `callback(done, total)` is called after each decoded chunk (progress and cancellation).
     `decoder(latents, num_frames)` -> pixels is the VAE's decode (the fast path passes its compiled one).
     """
+    check_latents(raw_latents)
     decoder = decoder or vae_decoder(vae)
     clips, num_frames = raw_latents.shape[:2]
     ranges = plan_chunks(num_frames, chunk_frames, overlap)
@@ -91,7 +104,7 @@ def decode_latents(vae, raw_latents: torch.Tensor, chunk_frames: int | None = No
         for (start, end), weight in zip(ranges, weights):
             z = raw_latents[clip, start:end].to(device=device, dtype=dtype)
             pixels = decode_chunk(vae, decoder, z, end - start)
-            frames = ((pixels.float() + 1.0) / 2.0).clamp(0.0, 1.0).movedim(1, -1).cpu()
+            frames = to_frames(pixels)
             if out is None:
                 out = torch.zeros((clips, num_frames, *frames.shape[1:]), dtype=torch.float32)
             out[clip, start:end] += frames * weight.view(-1, 1, 1, 1)

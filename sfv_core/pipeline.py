@@ -12,7 +12,7 @@ from functools import cached_property
 
 import torch
 
-from . import conditioning, decoding, limits, memory, sampling
+from . import conditioning, decoding, limits, memory, sampling, tiny_decoder
 from .acceleration import FastPath
 from .errors import InputError
 from .models import SVDModel
@@ -75,20 +75,36 @@ class SFVPipeline:
         check_finite(x0, f"sampling produced NaN or infinite values: {numerical_causes(self.runtime.dtype)}.")
         return sampling.to_raw_latent(x0).cpu()
 
-    def decode(self, latents: torch.Tensor, chunk_frames: int | None = None, overlap: int = 0, callback=None) -> torch.Tensor:
+    def load_decoder(self, path: str) -> tiny_decoder.TinyDecoder:
+        """A tiny decoder file, checked against this model's latent space, placed like the VAE."""
+        decoder = tiny_decoder.load_tiny_decoder(path, self.runtime.device, self.runtime.vae_dtype)
+        tiny_decoder.check_fits(decoder, self.model.vae)
+        return decoder
+
+    def decode(self, latents: torch.Tensor, chunk_frames: int | None = None, overlap: int = 0, callback=None, decoder: tiny_decoder.TinyDecoder | None = None) -> torch.Tensor:
+        """The decode stage: the model's temporal VAE through the fast path (compiled where the
+        runtime says so), or `decoder` (a tiny decoder, run eagerly, streamed `chunk_frames` at a
+        time with no seams, so `overlap` does not apply to it)."""
         check_finite(latents, "the latent to decode holds NaN or infinite values: sample or encode that clip again.")
-        height, width = latents.shape[-2] * 8, latents.shape[-1] * 8
-        chunk = chunk_frames or latents.shape[1]
-        decoding.check_decode_memory(self.model.vae, min(chunk, latents.shape[1]), height, width)
-        frames = decoding.decode_latents(self.model.vae, latents, chunk_frames, overlap, callback, self.fast.decoder)
+        if decoder is not None:
+            tiny_decoder.check_fits(decoder, self.model.vae)
+            frames = tiny_decoder.decode_latents(decoder, latents, chunk_frames or None, callback)
+        else:
+            frames = self._decode_full(latents, chunk_frames, overlap, callback)
         check_finite(frames, f"VAE decoding produced NaN or infinite values: {numerical_causes(self.runtime.vae_dtype)}.")
         return frames
 
-    def generate(self, images: torch.Tensor, *, seed: int = 0, steps: int = 1, chunk_frames: int | None = None, overlap: int = 0, progress=None, **condition_settings) -> Generation:
+    def _decode_full(self, latents: torch.Tensor, chunk_frames: int | None, overlap: int, callback) -> torch.Tensor:
+        height, width = latents.shape[-2] * 8, latents.shape[-1] * 8
+        chunk = chunk_frames or latents.shape[1]
+        decoding.check_decode_memory(self.model.vae, min(chunk, latents.shape[1]), height, width)
+        return decoding.decode_latents(self.model.vae, latents, chunk_frames, overlap, callback, self.fast.decoder)
+
+    def generate(self, images: torch.Tensor, *, seed: int = 0, steps: int = 1, chunk_frames: int | None = None, overlap: int = 0, decoder: tiny_decoder.TinyDecoder | None = None, progress=None, **condition_settings) -> Generation:
         """One clip per start image. `progress(stage, done, total)` reports each stage."""
         report = progress or (lambda stage, done, total: None)
         cond, start_images = self.condition(images, **condition_settings)
         report("condition", 1, 1)
         latents = self.sample(cond, seed, steps, callback=lambda i: report("sample", i + 1, steps))
-        frames = self.decode(latents, chunk_frames, overlap, callback=lambda done, total: report("decode", done, total))
+        frames = self.decode(latents, chunk_frames, overlap, callback=lambda done, total: report("decode", done, total), decoder=decoder)
         return Generation(frames=frames, latents=latents, start_images=start_images)

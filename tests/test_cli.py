@@ -158,6 +158,46 @@ def save_file_atomically(path):
     return save_single_file(build_random_model(TINY), path)
 
 
+@pytest.fixture(scope="module")
+def tiny_decoder_file(tmp_path_factory):
+    from sfv_core import tiny_decoder
+
+    torch.manual_seed(0)
+    return tiny_decoder.save_tiny_decoder(tiny_decoder.TinyDecoder(tiny_decoder.TEST_CONFIG), tmp_path_factory.mktemp("decoder") / "tiny.safetensors")
+
+
+def test_generate_with_a_tiny_decoder(checkpoint, tiny_decoder_file, tmp_path):
+    from sfv_core import tiny_decoder
+
+    latent = tmp_path / "clip.latent"
+    assert generate(checkpoint, "--decoder", tiny_decoder_file, "--decode-chunk", "3", "--out", str(tmp_path / "fast"), "--save-latent", str(latent)) == 0
+    assert generate(checkpoint, "--out", str(tmp_path / "full")) == 0
+    frames = lambda folder: torch.stack([torch.from_numpy(np.asarray(Image.open(path))) for path in sorted(folder.iterdir())])
+    fast, full = frames(tmp_path / "fast"), frames(tmp_path / "full")
+    expected = tiny_decoder.decode_latents(tiny_decoder.load_tiny_decoder(tiny_decoder_file), video_io.load_latent(latent))[0]
+    assert fast.shape == full.shape == (4, 64, 64, 3)
+    assert (fast.float() - (expected * 255).round()).abs().max() <= 1  # PNG frames are 8-bit
+    assert not torch.equal(fast, full)
+
+
+def test_tiny_decoder_bad_input_is_one_clear_line(checkpoint, tiny_decoder_file, tmp_path, capsys):
+    from sfv_core import tiny_decoder
+
+    torch.manual_seed(0)
+    other = tiny_decoder.save_tiny_decoder(tiny_decoder.TinyDecoder(tiny_decoder.TinyDecoderConfig(latent_channels=16, widths=(8, 8, 8, 8), blocks=(1, 1, 1, 1))), tmp_path / "other.safetensors")
+    data = open(tiny_decoder_file, "rb").read()
+    (tmp_path / "cut.safetensors").write_bytes(data[: len(data) - 64])
+    cases = [
+        (["--decoder", other], "decodes 16-channel latents"),
+        (["--decoder", str(tmp_path / "cut.safetensors")], "truncated"),
+        (["--decoder", str(tmp_path / "none.safetensors")], "does not exist"),
+        (["--decoder", tiny_decoder_file, "--decode-chunk", "-2"], "--decode-chunk must be between 0 and 4096"),
+    ]
+    for args, message in cases:
+        assert main(["generate", "--checkpoint", str(checkpoint), *SIZE, "--out", str(tmp_path / "clip.webp"), *args]) == 2
+        err = capsys.readouterr().err
+        assert message in err and "Traceback" not in err, (args, err)
+        assert not (tmp_path / "clip.webp").exists()
 def test_abbreviated_options_are_refused(checkpoint, tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["generate", "--checkpoint", str(checkpoint), "--imag", "x.png", "--out", str(tmp_path / "clip.webp")])

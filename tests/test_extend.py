@@ -109,6 +109,23 @@ def test_generate_length_streams_a_long_video(checkpoint, tmp_path, capsys):
     assert "clips: 100%" in capsys.readouterr().err  # the progress bar counts clips
 
 
+def test_generate_length_decodes_with_a_tiny_decoder(checkpoint, tmp_path, monkeypatch):
+    from sfv_core import tiny_decoder
+
+    torch.manual_seed(0)
+    decoder = tiny_decoder.save_tiny_decoder(tiny_decoder.TinyDecoder(tiny_decoder.TEST_CONFIG), tmp_path / "tiny.safetensors")
+    calls = []
+    decode = tiny_decoder.decode_latents
+    monkeypatch.setattr(tiny_decoder, "decode_latents", lambda *args, **kwargs: calls.append(1) or decode(*args, **kwargs))
+    args = ["generate", "--checkpoint", str(checkpoint), "--width", "64", "--height", "64", "--frames", "4", "--overlap", "1", "--length", "10"]
+    assert main([*args, "--decoder", str(decoder), "--out", str(tmp_path / "fast")]) == 0
+    assert len(calls) == 3  # every clip of the long video: 4 + 3 + 3 frames
+    assert main([*args, "--out", str(tmp_path / "full")]) == 0
+    fast, full = (sorted(p.name for p in (tmp_path / name).iterdir()) for name in ("fast", "full"))
+    assert len(fast) == len(full) == 10
+    assert (tmp_path / "fast" / fast[-1]).read_bytes() != (tmp_path / "full" / full[-1]).read_bytes()
+
+
 @pytest.mark.parametrize(
     "extra, message",
     [

@@ -477,3 +477,54 @@ def test_each_node_asks_for_the_parts_it_uses(sfv_model, monkeypatch):
     run_node("SFVVAEEncode", sfv_model=sfv_model, frames=torch.rand(2, HEIGHT, WIDTH, 3))
     assert [parts for parts, _ in asked] == [{"image_encoder", "vae"}, {"unet"}, {"vae"}, {"vae"}]
     assert all(memory > 0 for _, memory in asked)
+
+
+def write_tiny_decoder(path, config=None, seed=0):
+    from sfv_core import tiny_decoder
+
+    torch.manual_seed(seed)
+    return tiny_decoder.save_tiny_decoder(tiny_decoder.TinyDecoder(config or tiny_decoder.TEST_CONFIG), path)
+
+
+def test_decode_with_a_tiny_decoder_file(sfv_model, models_root):
+    from sfv_core import tiny_decoder
+
+    path = write_tiny_decoder(models_root / "vae_approx" / "sfv_tiny.safetensors")
+    write_tiny_decoder(models_root / "sfv" / "decoders" / "other.safetensors", seed=1)
+    save_file({"decoder.layers.0.weight": torch.zeros(1)}, models_root / "vae_approx" / "taesd_decoder.safetensors")
+    choices = PACK.NODE_CLASS_MAPPINGS["SFVTemporalVAEDecode"].INPUT_TYPES()["optional"]["decoder"][0]
+    # Not listed: TAESD's file and the SF-V UNet in models/sfv (their headers say what they are).
+    assert choices == ["full", "vae_approx/sfv_tiny.safetensors", "sfv/decoders/other.safetensors"]
+
+    latents = torch.randn(2 * FRAMES, *LATENT, generator=torch.Generator().manual_seed(5)) * 5
+    samples = {"samples": latents, "sfv_frames_per_clip": FRAMES}
+    (fast,) = run_node("SFVTemporalVAEDecode", sfv_model=sfv_model, samples=samples, frames_per_chunk=2, overlap=1, frames_per_clip=0, decoder="vae_approx/sfv_tiny.safetensors")
+    expected = tiny_decoder.decode_latents(tiny_decoder.load_tiny_decoder(path), latents.reshape(2, FRAMES, *LATENT))
+    assert fast.shape == (2 * FRAMES, HEIGHT, WIDTH, 3) and torch.allclose(fast, expected.reshape(fast.shape), atol=1e-5)
+    (full,) = run_node("SFVTemporalVAEDecode", sfv_model=sfv_model, samples=samples, frames_per_chunk=2, overlap=1, frames_per_clip=0)
+    assert full.shape == fast.shape and not torch.allclose(full, fast, atol=1e-2)
+
+
+def test_tiny_decoder_bad_input_is_one_clear_message(sfv_model, models_root):
+    from sfv_core import tiny_decoder
+
+    write_tiny_decoder(models_root / "vae_approx" / "flux_tiny.safetensors", tiny_decoder.TinyDecoderConfig(latent_channels=16, widths=(8, 8, 8, 8), blocks=(1, 1, 1, 1)))
+    good = write_tiny_decoder(models_root / "vae_approx" / "cut_tiny.safetensors")
+    data = open(good, "rb").read()
+    samples = {"samples": torch.zeros(FRAMES, *LATENT)}
+    run = lambda **extra: run_node("SFVTemporalVAEDecode", sfv_model=sfv_model, frames_per_chunk=0, overlap=0, frames_per_clip=0, **{"samples": samples, **extra})
+    with pytest.raises(ValueError, match="decodes 16-channel latents .* pick a tiny decoder distilled from this model"):
+        run(decoder="vae_approx/flux_tiny.safetensors")
+    with open(good, "wb") as handle:
+        handle.write(data[: len(data) // 2])
+    with pytest.raises(ValueError, match="truncated"):
+        run(decoder="vae_approx/cut_tiny.safetensors")
+    node = PACK.NODE_CLASS_MAPPINGS["SFVTemporalVAEDecode"]()
+    with pytest.raises(ValueError, match="was not found in models/vae_approx or models/sfv"):  # listed, then deleted before the run
+        node.decode(sfv_model, samples, 0, 0, 0, decoder="vae_approx/gone.safetensors")
+    write_tiny_decoder(models_root / "vae_approx" / "ok_tiny.safetensors")
+    nan = torch.zeros(FRAMES, *LATENT)
+    nan[1, 0, 0, 0] = float("nan")
+    for decoder in ("full", "vae_approx/ok_tiny.safetensors"):
+        with pytest.raises(ValueError, match="NaN or infinite"):
+            run(samples={"samples": nan}, decoder=decoder)

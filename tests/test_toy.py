@@ -104,3 +104,27 @@ def test_latent_scale_calibration_is_exact():
     torch.testing.assert_close(after.mean, before.mean * k, atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(after.std, before.std * k, atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(decoded_after, decoded_before, atol=1e-4, rtol=1e-4)
+
+
+def test_ssim_matches_its_definition_points():
+    from sfv_core.toy.metric import ssim
+
+    frames = torch.rand(2, 3, 32, 32, 3, generator=torch.Generator().manual_seed(0))
+    noisy = (frames + 0.1 * torch.randn(frames.shape, generator=torch.Generator().manual_seed(1))).clamp(0, 1)
+    assert ssim(frames, frames) == pytest.approx(1.0, abs=1e-6)
+    assert 0.3 < ssim(noisy, frames) < ssim((frames + noisy) / 2, frames) < 1.0
+    assert ssim(frames * 0.0 + 0.5, frames) < 0.1  # structure gone
+
+
+def test_tiny_decoder_miniature_smoke(tmp_path, monkeypatch):
+    import sfv_core.assets
+    from sfv_core import tiny_decoder
+    from sfv_core.toy.decoder import ToyDecoderConfig, run, ship
+
+    results = run(tmp_path, ToyDecoderConfig(train_clips=2, heldout_clips=3, steps=1, batch_clips=1, threads=1))
+    assert [r["method"] for r in results["rows"]] == ["SF-V 1 step + full decoder", "SF-V 1 step + tiny decoder"]
+    assert all(np.isfinite(r["fvd_proxy"]) and r["decode_seconds_per_clip"] > 0 for r in results["rows"])
+    assert all(np.isfinite(f["psnr_db_mean"]) and -1 <= f["ssim_mean"] <= 1 for f in results["fidelity"])
+    assert (tmp_path / "table.md").is_file() and len(results["bars"]) == 3
+    monkeypatch.setattr(sfv_core.assets, "TOY_TINY_DECODER", tmp_path / "assets" / "tiny.safetensors")
+    assert tiny_decoder.load_tiny_decoder(ship(results)).config == tiny_decoder.FULL_CONFIG

@@ -9,3 +9,6 @@ FOLDER = Path(__file__).parent
 TOY_CHECKPOINT = FOLDER / "sfv_toy.safetensors"
 TOY_START_IMAGE = FOLDER / "toy_start.png"
 DEMO_IMAGE = FOLDER / "start.png"
+# Where `python -m sfv_core.toy.decoder --ship` puts the tiny decoder it distils from the toy
+# model's VAE (for `generate --decoder`); the demo's default decode stays the full decoder.
+TOY_TINY_DECODER = FOLDER / "sfv_toy_tiny_decoder.safetensors"

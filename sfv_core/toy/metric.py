@@ -80,3 +80,18 @@ def motion(clips: torch.Tensor) -> float:
 def first_frame_error(clips: torch.Tensor, start_images: torch.Tensor) -> float:
     """Mean absolute difference between each generated clip's first frame and its start image."""
     return float((clips[:, 0] - start_images).abs().mean())
+
+
+def ssim(frames: torch.Tensor, reference: torch.Tensor, window: int = 11, sigma: float = 1.5) -> float:
+    """Mean SSIM (Wang et al. 2004: Gaussian window 11, sigma 1.5, K1 0.01, K2 0.03, per RGB
+    channel, valid positions only) of frames (..., H, W, 3) in [0, 1] against a reference.
+    Written here because no package the project depends on has one (15 lines, not a dependency)."""
+    x, y = (t.float().reshape(-1, *t.shape[-3:]).permute(0, 3, 1, 2) for t in (frames, reference))
+    g = torch.exp(-((torch.arange(window) - window // 2) ** 2) / (2 * sigma**2))
+    kernel = (g[:, None] * g[None, :] / g.sum() ** 2).expand(3, 1, window, window)
+    blur = lambda t: torch.nn.functional.conv2d(t, kernel, groups=3)
+    mu_x, mu_y = blur(x), blur(y)
+    var_x, var_y, cov = blur(x * x) - mu_x**2, blur(y * y) - mu_y**2, blur(x * y) - mu_x * mu_y
+    c1, c2 = 0.01**2, 0.03**2
+    value = ((2 * mu_x * mu_y + c1) * (2 * cov + c2)) / ((mu_x**2 + mu_y**2 + c1) * (var_x + var_y + c2))
+    return float(value.mean())

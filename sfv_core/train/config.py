@@ -138,54 +138,71 @@ class TrainConfig:
     run: RunConfig = field(default_factory=RunConfig)
 
     def validate(self) -> "TrainConfig":
-        for section_name in sections():
-            section = getattr(self, section_name)
-            for f in dataclasses.fields(section):
-                value = getattr(section, f.name)
-                if isinstance(value, float) and not math.isfinite(value):
-                    raise InputError(f"config field {section_name}.{f.name} must be a finite number, got {value}")
-        d, o, r = self.data, self.optim, self.run
-        ranged = [
-            (limits.CLIP_WIDTH, d.width, "data.width"), (limits.CLIP_HEIGHT, d.height, "data.height"), (limits.FRAMES, d.num_frames, "data.num_frames"),
-            (limits.FPS, d.fps, "data.fps"), (limits.MOTION_BUCKET, d.motion_bucket_id, "data.motion_bucket_id"),
-            (limits.AUGMENTATION, d.augmentation, "data.augmentation"), (limits.SEED, r.seed, "run.seed"),
-        ]
-        for limit, value, name in ranged:
-            limit.check(value, name)
-        checks = [
-            (r.steps >= 1, f"run.steps must be at least 1, got {r.steps} (0 would export the untrained UNet)"),
+        o = self.optim
+        checks = common_checks(self) + [
             (0.0 <= o.ema_decay <= 1.0, f"optim.ema_decay must be between 0 and 1, got {o.ema_decay}"),
-            (r.checkpoint_every >= 1 and r.log_every >= 1, "run.checkpoint_every and run.log_every must be at least 1 (steps between saves / log lines)"),
-            (r.keep_checkpoints >= 1 and r.preview_every >= 0, "run.keep_checkpoints must be at least 1 and run.preview_every at least 0"),
-            (o.lr_generator >= 0 and o.lr_discriminator >= 0 and o.weight_decay >= 0 and o.grad_clip >= 0, "optim learning rates, weight_decay and grad_clip must be >= 0"),
-            (0.0 <= o.beta1 < 1.0 and 0.0 <= o.beta2 < 1.0, "optim.beta1 and optim.beta2 must be in [0, 1)"),
-            (d.num_workers >= 0 and d.cache_clips_per_video >= 1 and d.cache_shard_size >= 1, "data.num_workers must be >= 0, cache_clips_per_video and cache_shard_size >= 1"),
+            (o.lr_generator >= 0 and o.lr_discriminator >= 0, "optim learning rates must be >= 0"),
             (self.loss.disc_levels >= 2 and self.loss.disc_p_std > 0 and self.loss.edm_p_std > 0 and self.loss.huber_c > 0, "loss.disc_levels must be >= 2, and disc_p_std, edm_p_std and huber_c > 0"),
             (self.loss.mode in LOSS_MODES, f"loss.mode must be one of {LOSS_MODES}"),
             (bool(self.loss.generator_levels) and all(isinstance(s, (int, float)) and s > 0 for s in self.loss.generator_levels), "loss.generator_levels must be a list of positive noise levels"),
             (self.loss.r1_mode in R1_MODES, f"loss.r1_mode must be one of {R1_MODES}"),
             (self.loss.r1_interval >= 1 and self.loss.r1_delta > 0, "loss.r1_interval must be >= 1 and loss.r1_delta > 0"),
-            (self.run.mixed_precision in PRECISIONS, f"run.mixed_precision must be one of {PRECISIONS}"),
-            (self.run.export_dtype in PRECISIONS, f"run.export_dtype must be one of {PRECISIONS}"),
             (self.discriminator.heads in ("both", "spatial", "temporal"), "discriminator.heads must be both, spatial or temporal"),
-            (self.data.width % 8 == 0 and self.data.height % 8 == 0, "data.width and data.height must be multiples of 8 (the VAE works on 8x8 pixel blocks)"),
-            (self.data.num_frames >= 2, "data.num_frames must be at least 2"),
-            (self.optim.gradient_accumulation >= 1 and self.data.batch_size >= 1, "batch_size and gradient_accumulation must be >= 1"),
-            (bool(self.model.path), f"model.path is empty: point it at an SVD single file or diffusers folder ('{TINY_RANDOM}' for tests)"),
-            (bool(self.data.path) or bool(self.data.latent_cache), "data.path is empty: point it at a folder of videos or frame folders"),
         ]
-        for ok, message in checks:
-            if not ok:
-                raise InputError(message)
-        return self
+        return raise_failed(checks, self)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
 
-def sections() -> dict[str, type]:
-    """{'model': ModelConfig, 'data': DataConfig, ...}"""
-    return typing.get_type_hints(TrainConfig)
+def common_checks(config) -> list[tuple[bool, str]]:
+    """Checks of the sections every trainer's config has: model, data, optim, run. Numbers
+    outside the shared ranges (sfv_core.limits) and NaN / infinities are refused here at once."""
+    check_finite_fields(config)
+    d, o, r = config.data, config.optim, config.run
+    ranged = [
+        (limits.CLIP_WIDTH, d.width, "data.width"), (limits.CLIP_HEIGHT, d.height, "data.height"), (limits.FRAMES, d.num_frames, "data.num_frames"),
+        (limits.FPS, d.fps, "data.fps"), (limits.MOTION_BUCKET, d.motion_bucket_id, "data.motion_bucket_id"),
+        (limits.AUGMENTATION, d.augmentation, "data.augmentation"), (limits.SEED, r.seed, "run.seed"),
+    ]
+    for limit, value, name in ranged:
+        limit.check(value, name)
+    return [
+        (r.mixed_precision in PRECISIONS, f"run.mixed_precision must be one of {PRECISIONS}"),
+        (r.export_dtype in PRECISIONS, f"run.export_dtype must be one of {PRECISIONS}"),
+        (r.steps >= 1, f"run.steps must be at least 1, got {r.steps} (0 would export the untrained network)"),
+        (r.checkpoint_every >= 1 and r.log_every >= 1, "run.checkpoint_every and run.log_every must be at least 1 (steps between saves / log lines)"),
+        (r.keep_checkpoints >= 1 and r.preview_every >= 0, "run.keep_checkpoints must be at least 1 and run.preview_every at least 0"),
+        (o.weight_decay >= 0 and o.grad_clip >= 0, "optim weight_decay and grad_clip must be >= 0"),
+        (0.0 <= o.beta1 < 1.0 and 0.0 <= o.beta2 < 1.0, "optim.beta1 and optim.beta2 must be in [0, 1)"),
+        (d.num_workers >= 0 and d.cache_clips_per_video >= 1 and d.cache_shard_size >= 1, "data.num_workers must be >= 0, cache_clips_per_video and cache_shard_size >= 1"),
+        (d.width % 8 == 0 and d.height % 8 == 0, "data.width and data.height must be multiples of 8 (the VAE works on 8x8 pixel blocks)"),
+        (d.num_frames >= 2, "data.num_frames must be at least 2"),
+        (o.gradient_accumulation >= 1 and d.batch_size >= 1, "batch_size and gradient_accumulation must be >= 1"),
+        (bool(config.model.path), f"model.path is empty: point it at an SVD single file or diffusers folder ('{TINY_RANDOM}' for tests)"),
+        (bool(d.path) or bool(d.latent_cache), "data.path is empty: point it at a folder of videos or frame folders"),
+    ]
+
+
+def check_finite_fields(config) -> None:
+    for section_name in sections(type(config)):
+        section = getattr(config, section_name)
+        for f in dataclasses.fields(section):
+            value = getattr(section, f.name)
+            if isinstance(value, float) and not math.isfinite(value):
+                raise InputError(f"config field {section_name}.{f.name} must be a finite number, got {value}")
+
+
+def raise_failed(checks: list[tuple[bool, str]], config):
+    for ok, message in checks:
+        if not ok:
+            raise InputError(message)
+    return config
+
+
+def sections(root: type = TrainConfig) -> dict[str, type]:
+    """{'model': ModelConfig, 'data': DataConfig, ...} of a trainer's config class."""
+    return typing.get_type_hints(root)
 
 
 def _field_types(section_type: type) -> dict[str, typing.Any]:
@@ -208,14 +225,16 @@ def _coerce(value, expected, key: str):
             pass
     if expected is str and isinstance(value, (int, float)) and not isinstance(value, bool):
         return str(value)
+    if expected is tuple and isinstance(value, list):  # YAML has lists only
+        return tuple(value)
     if isinstance(value, expected):
         return value
     raise InputError(f"config field {key} expects {expected.__name__}, got {value!r}")
 
 
-def apply_values(config: TrainConfig, values: dict, origin: str) -> TrainConfig:
+def apply_values(config, values: dict, origin: str):
     """Set `{section: {field: value}}` onto `config`, rejecting unknown keys by name."""
-    known = sections()
+    known = sections(type(config))
     for section_name, entries in (values or {}).items():
         if section_name not in known:
             raise InputError(f"{origin}: unknown config section {section_name!r}; sections are {sorted(known)}")
@@ -230,9 +249,9 @@ def apply_values(config: TrainConfig, values: dict, origin: str) -> TrainConfig:
     return config
 
 
-def resolve_key(key: str) -> tuple[str, str]:
+def resolve_key(key: str, root: type = TrainConfig) -> tuple[str, str]:
     """'section.field', or a bare field name that exists in exactly one section."""
-    known = sections()
+    known = sections(root)
     if "." in key:
         section, name = key.split(".", 1)
         if section not in known:
@@ -245,26 +264,26 @@ def resolve_key(key: str) -> tuple[str, str]:
     return matches[0], key
 
 
-def parse_overrides(pairs: list[str]) -> dict:
+def parse_overrides(pairs: list[str], root: type = TrainConfig) -> dict:
     """['run.steps=10', 'lr_generator=2e-5'] -> {'run': {'steps': 10}, 'optim': {...}}; values are YAML."""
     values: dict = {}
     for pair in pairs or []:
         if "=" not in pair:
             raise InputError(f"--set expects key=value, got {pair!r}")
         key, text = pair.split("=", 1)
-        section, name = resolve_key(key.strip())
-        expected = _field_types(sections()[section]).get(name)
+        section, name = resolve_key(key.strip(), root)
+        expected = _field_types(sections(root)[section]).get(name)
         # Text fields keep the text as typed (YAML would turn e.g. "no" into False).
         values.setdefault(section, {})[name] = text if expected is str else yaml.safe_load(text)
     return values
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> TrainConfig:
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None, root: type = TrainConfig):
     """Defaults, then the YAML file, then `--set` overrides."""
-    config = TrainConfig()
+    config = root()
     if path:
         apply_values(config, read_yaml(Path(path)), str(path))
-    return apply_values(config, parse_overrides(overrides or []), "--set")
+    return apply_values(config, parse_overrides(overrides or [], root), "--set")
 
 
 def read_yaml(path: Path) -> dict:
@@ -291,12 +310,12 @@ def read_yaml(path: Path) -> dict:
     return values
 
 
-def help_text() -> str:
+def help_text(root: type = TrainConfig) -> str:
     """Every field with its type, default and doc, for `train --help`."""
     import textwrap
 
     lines = ["config fields (YAML section: field; override with --set section.field=value):"]
-    for section_name, section_type in sections().items():
+    for section_name, section_type in sections(root).items():
         lines.append(f"\n  {section_name}:")
         types = _field_types(section_type)
         for f in dataclasses.fields(section_type):
@@ -307,12 +326,12 @@ def help_text() -> str:
     return "\n".join(lines)
 
 
-def to_yaml(config: TrainConfig) -> str:
+def to_yaml(config) -> str:
     """The config as YAML with every field's help as a comment (configs/train_sfv.yaml is this)."""
     import textwrap
 
     lines = []
-    for section_name in sections():
+    for section_name in sections(type(config)):
         section = getattr(config, section_name)
         lines.append(f"{section_name}:")
         for f in dataclasses.fields(section):

@@ -89,3 +89,27 @@ def edm_loss(x0_prediction: torch.Tensor, x0: torch.Tensor, sigma: torch.Tensor)
     return (weight * per_clip).mean()
 
 
+
+
+# ---- tiny decoder distillation: pixels (clips, frames, 3, H, W) of student and teacher ----
+
+
+def spatial_gradients(pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Horizontal and vertical neighbour differences: where the edges are."""
+    return pixels[..., :, 1:] - pixels[..., :, :-1], pixels[..., 1:, :] - pixels[..., :-1, :]
+
+
+def frame_differences(pixels: torch.Tensor) -> torch.Tensor:
+    return pixels[:, 1:] - pixels[:, :-1]
+
+
+def decoder_distillation_losses(student: torch.Tensor, teacher: torch.Tensor) -> dict[str, torch.Tensor]:
+    """L1 of the pixels, of their spatial gradients (edges: against the blur a plain L1 tolerates)
+    and of their frame-to-frame differences (temporal consistency: against flicker)."""
+    student, teacher = student.float(), teacher.float()
+    edges = sum((s - t).abs().mean() for s, t in zip(spatial_gradients(student), spatial_gradients(teacher))) / 2
+    return {
+        "pixel": (student - teacher).abs().mean(),
+        "edge": edges,
+        "temporal": (frame_differences(student) - frame_differences(teacher)).abs().mean(),
+    }

@@ -1,0 +1,200 @@
+"""The tiny decoder in miniature: distilled from the bundled toy model's temporal VAE decoder,
+measured on held-out clips against that full decoder.
+
+    python -m sfv_core.toy.decoder --out outputs/toy_decoder --ship   # the full run (see the README for its time)
+    python -m sfv_core.toy.decoder --out /tmp/toy_decoder --quick     # a smoke run (seconds)
+
+A separate step of the miniature: it starts from the shipped toy SF-V model
+(sfv_core/assets/sfv_toy.safetensors, made by `toy.experiment --ship`) instead of rerunning it.
+  1. data: training clips of `toy.data` (the miniature's own generator) as frame folders;
+  2. distillation: `python -m sfv_core train-decoder`'s trainer with the toy model's VAE as the
+     teacher, the tiny decoder at its full-size config (`tiny_decoder.FULL_CONFIG`);
+  3. evaluation on the miniature's held-out split: SF-V 1 step (the toy model's UNet) decoded by
+     the full decoder and by the tiny one: decode seconds per clip, PSNR and SSIM of the tiny
+     decode against the full decode, and the FVD proxy of each against the real held-out clips
+     and against the VAE's reconstructions of them; the same PSNR / SSIM on the VAE latents of
+     the real held-out clips.
+Writes results.json and table.md into --out; --ship bundles the decoder into sfv_core/assets.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import shutil
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from .. import sampling, tiny_decoder
+from . import data as toy_data
+from . import experiment, metric
+
+log = logging.getLogger("sfv_core.toy")
+
+
+@dataclass
+class ToyDecoderConfig:
+    train_clips: int = 512
+    heldout_clips: int = 100  # the miniature's held-out split
+    steps: int = 600
+    batch_clips: int = 2
+    lr: float = 2e-3
+    seed: int = 0
+    threads: int = 2
+
+    @classmethod
+    def quick(cls) -> "ToyDecoderConfig":
+        return cls(train_clips=4, heldout_clips=6, steps=2, batch_clips=2)
+
+
+def distil(cfg: ToyDecoderConfig, checkpoint: Path, data_path: Path, out: Path) -> tuple[Path, float]:
+    """Train and export with the project's trainer; returns (the decoder file, seconds)."""
+    from ..train.config import load_config
+    from ..train.decoder import DecoderTrainConfig, DecoderTrainer
+
+    toy = experiment.ToyConfig()
+    sets = [
+        f"model.path={checkpoint}", f"data.path={data_path}", f"data.latent_cache={out / 'latent_cache'}", f"run.output_dir={out}",
+        f"num_frames={toy.num_frames}", f"fps={toy.fps}", f"width={toy.size}", f"height={toy.size}", "num_workers=0",
+        f"batch_size={cfg.batch_clips}", f"optim.lr={cfg.lr}", f"run.steps={cfg.steps}", f"run.checkpoint_every={cfg.steps}",
+        "run.mixed_precision=fp32", "run.export_dtype=fp16", "run.log_every=50", "run.resume=false", f"run.seed={cfg.seed}",
+    ]
+    started = time.perf_counter()
+    trainer = DecoderTrainer(load_config(None, sets, DecoderTrainConfig))
+    trainer.train()
+    (path,) = trainer.export()
+    shutil.rmtree(out / "checkpoints", ignore_errors=True)  # resumable state is not needed here
+    return path, time.perf_counter() - started
+
+
+def psnr(frames: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+    """Per clip, in dB, of frames (N, F, H, W, 3) in [0, 1]."""
+    mse = (frames - reference).square().mean(dim=(1, 2, 3, 4))
+    return 10 * torch.log10(1.0 / mse.clamp(min=1e-12))
+
+
+@torch.no_grad()
+def timed(decode, latents: torch.Tensor) -> tuple[torch.Tensor, float]:
+    decode(latents[:2])  # warm-up: kernels, allocator
+    started = time.perf_counter()
+    frames = decode(latents)
+    return frames, (time.perf_counter() - started) / len(latents)
+
+
+def tiny_decode(decoder, model_latents: torch.Tensor, chunk_clips: int = 16) -> torch.Tensor:
+    """Like experiment.decode (16 clips per pass, whole clips): the tiny decoder in parallel mode."""
+    raw = sampling.to_raw_latent(model_latents)
+    return torch.cat([frames for part in raw.split(chunk_clips) for _, _, frames in tiny_decoder.stream_frames(decoder, part, part.shape[1])])
+
+
+def compare(name: str, full: torch.Tensor, tiny: torch.Tensor) -> dict:
+    clip_psnr = psnr(tiny, full)
+    return {"latents": name, "psnr_db_mean": float(clip_psnr.mean()), "psnr_db_min": float(clip_psnr.min()), "ssim_mean": metric.ssim(tiny, full)}
+
+
+def evaluate(cfg: ToyDecoderConfig, checkpoint: Path, decoder_path: Path) -> dict:
+    toy = experiment.ToyConfig()
+    model = experiment.load(checkpoint)
+    decoder = tiny_decoder.load_tiny_decoder(decoder_path)
+    tiny_decoder.check_fits(decoder, model.vae)
+    heldout = toy_data.to_float(toy_data.generate_split("heldout", cfg.heldout_clips, toy.num_frames, toy.size))
+    cond = experiment.condition_heldout(model, heldout, toy)
+    with torch.no_grad():
+        # The miniature's SF-V 1-step row: same seed, same sampler call.
+        generated = sampling.sample(model.unet, cond, sampling.seeded_generator(toy.seed + 1000), steps=1)
+        flat = experiment.to_vae_input(heldout)
+        encoded = torch.cat([model.vae.encode(c).latent_dist.mode() for c in flat.split(128)])
+        encoded = sampling.to_model_space(encoded).unflatten(0, (len(heldout), toy.num_frames))
+    full_frames, full_seconds = timed(lambda z: experiment.decode(model.vae, z), generated)
+    tiny_frames, tiny_seconds = timed(lambda z: tiny_decode(decoder, z), generated)
+    recon_full, recon_tiny = experiment.decode(model.vae, encoded), tiny_decode(decoder, encoded)
+    real_features, recon_features = metric.video_features(heldout), metric.video_features(recon_full)
+    rows = []
+    for label, frames, seconds in (("SF-V 1 step + full decoder", full_frames, full_seconds), ("SF-V 1 step + tiny decoder", tiny_frames, tiny_seconds)):
+        features = metric.video_features(frames)
+        rows.append({"method": label, "decode_seconds_per_clip": seconds, "fvd_proxy": metric.frechet_distance(features, real_features),
+                     "fvd_proxy_vs_recon": metric.frechet_distance(features, recon_features), "motion": metric.motion(frames)})
+    fidelity = [compare("SF-V 1 step (generated)", full_frames, tiny_frames), compare("VAE encoding of the real held-out clips", recon_full, recon_tiny)]
+    full_row, tiny_row = rows
+    bars = {
+        "tiny-decode PSNR vs full decode >= 28 dB (SF-V 1-step latents, mean over held-out clips)": fidelity[0]["psnr_db_mean"] >= 28,
+        "FVD proxy (vs real) of SF-V + tiny <= 1.3 x SF-V + full": tiny_row["fvd_proxy"] <= 1.3 * full_row["fvd_proxy"],
+        "FVD proxy (vs VAE reconstructions) of SF-V + tiny <= 1.3 x SF-V + full": tiny_row["fvd_proxy_vs_recon"] <= 1.3 * full_row["fvd_proxy_vs_recon"],
+    }
+    return {"rows": rows, "fidelity": fidelity, "bars": bars, "parameters": tiny_decoder.parameter_count(decoder),
+            "speedup": full_seconds / tiny_seconds}
+
+
+def table(results: dict) -> str:
+    lines = ["| method | decode s / clip | FVD proxy vs real | FVD proxy vs VAE reconstructions | motion |", "|---|---|---|---|---|"]
+    for r in results["rows"]:
+        lines.append(f"| {r['method']} | {r['decode_seconds_per_clip']:.4f} | {r['fvd_proxy']:.4f} | {r['fvd_proxy_vs_recon']:.4f} | {r['motion']:.4f} |")
+    lines += ["", "| tiny decode vs full decode, on | PSNR dB (mean, min over clips) | SSIM (mean) |", "|---|---|---|"]
+    for f in results["fidelity"]:
+        lines.append(f"| {f['latents']} | {f['psnr_db_mean']:.2f} ({f['psnr_db_min']:.2f}) | {f['ssim_mean']:.4f} |")
+    lines.append("")
+    lines += [f"- {k}: {'MET' if v else 'not met'}" for k, v in results["bars"].items()]
+    lines.append(f"- tiny decoder: {results['parameters']:,} parameters; decode {results['speedup']:.1f}x faster than the toy VAE's temporal decoder")
+    lines.append("- wall time (s): " + ", ".join(f"{k} {v:.0f}" for k, v in results["timings_s"].items()))
+    return "\n".join(lines) + "\n"
+
+
+def run(out: str | Path, cfg: ToyDecoderConfig | None = None, checkpoint: Path | None = None) -> dict:
+    from ..assets import TOY_CHECKPOINT
+
+    cfg = cfg or ToyDecoderConfig()
+    checkpoint = Path(checkpoint or TOY_CHECKPOINT)
+    torch.set_num_threads(cfg.threads)
+    out = Path(out)
+    shutil.rmtree(out / "distil", ignore_errors=True)
+    timings = {}
+    t0 = time.perf_counter()
+    toy = experiment.ToyConfig()
+    data_path = out / "data" / "train"
+    shutil.rmtree(out / "data", ignore_errors=True)
+    toy_data.write_frame_folders(toy_data.generate_split("train", cfg.train_clips, toy.num_frames, toy.size), data_path)
+    timings["data"] = time.perf_counter() - t0
+    decoder_path, timings["distil"] = distil(cfg, checkpoint, data_path, out / "distil")
+    t0 = time.perf_counter()
+    results = evaluate(cfg, checkpoint, decoder_path)
+    timings["evaluation"] = time.perf_counter() - t0
+    results.update(config=asdict(cfg), timings_s=timings, files={"decoder": str(decoder_path), "teacher": str(checkpoint)})
+    (out / "results.json").write_text(json.dumps(results, indent=1))
+    (out / "table.md").write_text(table(results))
+    log.info("\n%s", table(results))
+    return results
+
+
+def ship(results: dict) -> Path:
+    """Bundle the distilled decoder under the name the CLI's demo documents."""
+    from .. import assets
+
+    assets.TOY_TINY_DECODER.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(results["files"]["decoder"], assets.TOY_TINY_DECODER)
+    return assets.TOY_TINY_DECODER
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False)
+    parser.add_argument("--out", default="outputs/toy_decoder")
+    parser.add_argument("--quick", action="store_true", help="a smoke run with a few steps")
+    parser.add_argument("--ship", action="store_true", help="also bundle the decoder into sfv_core/assets")
+    parser.add_argument("--steps", type=int, help="distillation steps (default 600)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    cfg = ToyDecoderConfig.quick() if args.quick else ToyDecoderConfig()
+    if args.steps:
+        cfg.steps = args.steps
+    results = run(args.out, cfg)
+    print(table(results))
+    if args.ship:
+        print(ship(results))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

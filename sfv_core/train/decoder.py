@@ -1,0 +1,150 @@
+"""Distil a tiny decoder (`sfv_core.tiny_decoder`) from a checkpoint's own temporal VAE decoder.
+
+The user's videos are encoded by the checkpoint's VAE (on the fly, or once into the latent
+cache, exactly as for SF-V training); each step the teacher (the temporal decoder) decodes a
+batch of those latents under no_grad and the student learns to give the same pixels: L1 on the
+pixels, on their spatial gradients (edges) and on their frame-to-frame differences (flicker).
+The config, data, accelerate launch, checkpoints and logs are the SF-V trainer's (`loop`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections import defaultdict
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from ..models import VAE_SCALING_FACTOR
+from ..tiny_decoder import TinyDecoder, TinyDecoderConfig, check_fits, save_tiny_decoder
+from .config import DataConfig, ModelConfig, RunConfig, common_checks, doc, raise_failed
+from .loop import PRECISION_DTYPES, RunTrainer
+from .losses import decoder_distillation_losses
+
+log = logging.getLogger("sfv_core.train")
+
+DECODER_FILE = "sfv_tiny_decoder.safetensors"
+
+
+@dataclass
+class DecoderLossConfig:
+    pixel_weight: float = doc("Weight of the L1 between student and teacher pixels (in [-1, 1]).", 1.0)
+    edge_weight: float = doc("Weight of the L1 between their horizontal and vertical pixel differences (keeps edges sharp).", 1.0)
+    temporal_weight: float = doc("Weight of the L1 between their frame-to-frame differences (temporal consistency, no flicker).", 1.0)
+
+
+@dataclass
+class DecoderOptimConfig:
+    lr: float = doc("AdamW learning rate of the tiny decoder.", 5e-4)
+    beta1: float = doc("Adam beta1.", 0.9)
+    beta2: float = doc("Adam beta2.", 0.999)
+    weight_decay: float = doc("AdamW weight decay.", 0.0)
+    grad_clip: float = doc("Clip the gradient norm to this (0 disables).", 1.0)
+    gradient_accumulation: int = doc("Micro-batches per optimiser step.", 1)
+
+
+def decoder_data_defaults() -> DataConfig:
+    # Shorter, smaller clips than SF-V's: the student is per-frame plus one-frame memory, and
+    # the teacher's decode of every batch is most of a step's cost.
+    return dataclasses.replace(DataConfig(), num_frames=8, width=512, height=320, batch_size=2)
+
+
+def decoder_run_defaults() -> RunConfig:
+    return dataclasses.replace(RunConfig(), output_dir="outputs/sfv-decoder", steps=20000, checkpoint_every=1000, preview_every=0,
+                               gradient_checkpointing=False, export_dtype="fp16")
+
+
+@dataclass
+class DecoderTrainConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=decoder_data_defaults)
+    decoder: TinyDecoderConfig = field(default_factory=TinyDecoderConfig)
+    loss: DecoderLossConfig = field(default_factory=DecoderLossConfig)
+    optim: DecoderOptimConfig = field(default_factory=DecoderOptimConfig)
+    run: RunConfig = field(default_factory=decoder_run_defaults)
+
+    def validate(self) -> "DecoderTrainConfig":
+        self.decoder = TinyDecoderConfig(**dataclasses.asdict(self.decoder))  # its own checks
+        checks = common_checks(self) + [
+            (self.run.preview_every == 0 and not self.run.export_single_file and not self.run.gradient_checkpointing,
+             "run.preview_every, run.export_single_file and run.gradient_checkpointing are SF-V settings: leave them 0 / false for train-decoder"),
+            (min(self.loss.pixel_weight, self.loss.edge_weight, self.loss.temporal_weight) >= 0, "loss weights must be >= 0"),
+            (self.optim.lr >= 0, "optim.lr must be >= 0"),
+        ]
+        return raise_failed(checks, self)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+class DecoderTrainer(RunTrainer):
+    def build(self) -> list:
+        cfg = self.cfg
+        student = TinyDecoder(cfg.decoder)
+        check_fits(student, self.model.vae)
+        self.model.vae.requires_grad_(False).train(False)
+        self.model.image_encoder.requires_grad_(False)
+        # The teacher decodes every step: the VAE stays on the device (CLIP only while encoding).
+        self.place_encoders(vae=True, image_encoder=not cfg.data.latent_cache)
+        o = cfg.optim
+        optimizer = torch.optim.AdamW(student.parameters(), lr=o.lr, betas=(o.beta1, o.beta2), weight_decay=o.weight_decay)
+        self.student, self.optimizer = self.accelerator.prepare(student.to(self.device), optimizer)
+        return {}
+
+    def vae_needed_after_cache(self) -> bool:
+        return True
+
+    @torch.no_grad()
+    def teacher_pixels(self, raw_latents: torch.Tensor) -> torch.Tensor:
+        """The checkpoint's temporal decoder on raw latents (clips, frames, 4, h, w) -> (clips, frames, 3, H, W)."""
+        vae = self.model.vae
+        param = next(vae.parameters())
+        clips, frames = raw_latents.shape[:2]
+        with self.accelerator.autocast():
+            pixels = vae.decode(raw_latents.flatten(0, 1).to(param.dtype), num_frames=frames).sample
+        return pixels.float().unflatten(0, (clips, frames))
+
+    def loss(self, raw_latents: torch.Tensor) -> tuple[torch.Tensor, dict]:
+        teacher = self.teacher_pixels(raw_latents)
+        with self.accelerator.autocast():
+            student, _state = self.student(raw_latents)
+        parts = decoder_distillation_losses(student, teacher)
+        weights = self.cfg.loss
+        loss = weights.pixel_weight * parts["pixel"] + weights.edge_weight * parts["edge"] + weights.temporal_weight * parts["temporal"]
+        return loss, {"loss": loss.item(), **{f"l1_{name}": value.item() for name, value in parts.items()}}
+
+    def train_step(self) -> dict:
+        acc, accumulation = self.accelerator, self.cfg.optim.gradient_accumulation
+        totals: dict = defaultdict(float)
+        for micro in range(accumulation):
+            latents, _cond, skipped = self.next_inputs()
+            totals["skipped_sources"] += skipped
+            with nullcontext() if micro == accumulation - 1 else acc.no_sync(self.student):
+                loss, parts = self.loss(latents / VAE_SCALING_FACTOR)  # the cache holds model-space latents
+                acc.backward(loss / accumulation)
+            for key, value in parts.items():
+                totals[key] += value / accumulation
+        if self.cfg.optim.grad_clip > 0:
+            acc.clip_grad_norm_(self.student.parameters(), self.cfg.optim.grad_clip)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.progress.step += 1
+        return dict(totals)
+
+    def export(self, folder: str | Path | None = None) -> list[Path]:
+        """The student as a tiny decoder file (config in its header), loadable by `load_tiny_decoder`."""
+        acc = self.accelerator
+        folder = Path(folder) if folder else self.run_dir / "export"
+        state = {k: v.detach().to("cpu", torch.float32, copy=True) for k, v in acc.get_state_dict(self.student).items()}
+        paths: list[Path] = []
+        if acc.is_main_process:
+            decoder = TinyDecoder(self.cfg.decoder)
+            decoder.load_state_dict(state, strict=True)
+            notes = {"teacher": self.model.source or self.cfg.model.path, "steps": self.progress.step}
+            paths.append(Path(save_tiny_decoder(decoder, folder / DECODER_FILE, PRECISION_DTYPES[self.cfg.run.export_dtype], notes)))
+            log.info("exported %s", paths[0])
+        acc.wait_for_everyone()
+        return paths

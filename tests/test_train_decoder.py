@@ -1,0 +1,91 @@
+"""train-decoder on the CPU: a tiny random SVD's temporal decoder as the teacher, a tiny student,
+a few steps on synthetic frame folders; resume, export, load, CLI."""
+
+import pytest
+import torch
+
+from sfv_core import tiny_decoder
+from sfv_core.cli import main
+from sfv_core.train.config import load_config
+from sfv_core.train.decoder import DECODER_FILE, DecoderTrainConfig, DecoderTrainer
+from sfv_core.train.losses import decoder_distillation_losses
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def frames(tmp_path_factory):
+    from sfv_core.toy import data as toy_data
+
+    root = tmp_path_factory.mktemp("clips")
+    toy_data.write_frame_folders(toy_data.generate_split("train", 4, 4, 64), root)
+    return root
+
+
+def config_sets(frames, out, *overrides) -> list[str]:
+    return [
+        "model.path=tiny-random", f"data.path={frames}", f"run.output_dir={out}", f"data.latent_cache={out}/cache",
+        "num_frames=4", "width=64", "height=64", "num_workers=0", "batch_size=2", "mixed_precision=fp32",
+        "decoder.widths=[8, 8, 8, 8]", "decoder.blocks=[1, 0, 0, 1]", "log_every=1", "checkpoint_every=1", "export_dtype=fp32", *overrides,
+    ]
+
+
+def config(frames, out, *overrides) -> DecoderTrainConfig:
+    return load_config(None, config_sets(frames, out, *overrides), DecoderTrainConfig)
+
+
+def test_losses_see_blur_and_flicker():
+    teacher = torch.rand(1, 4, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    assert all(value == 0 for value in decoder_distillation_losses(teacher, teacher).values())
+    blurred = torch.nn.functional.avg_pool2d(teacher.flatten(0, 1), 3, 1, 1, count_include_pad=False).unflatten(0, (1, 4))
+    flicker = teacher + torch.tensor([0.0, 0.1, 0.0, 0.1]).view(1, 4, 1, 1, 1)
+    assert decoder_distillation_losses(blurred, teacher)["edge"] > 0.05
+    parts = decoder_distillation_losses(flicker, teacher)
+    assert parts["temporal"] == pytest.approx(0.1) and parts["edge"] < 1e-6
+
+
+def test_trains_resumes_exactly_and_exports_a_loadable_decoder(frames, tmp_path):
+    straight = DecoderTrainer(config(frames, tmp_path / "a", "steps=3"))
+    straight.train()
+    DecoderTrainer(config(frames, tmp_path / "b", "steps=2")).train()
+    resumed = DecoderTrainer(config(frames, tmp_path / "b", "steps=3"))
+    resumed.train()
+    assert resumed.progress.step == 3
+    # The shared loop's checkpoints: a checksum manifest, the progress as safetensors + JSON, nothing for accelerate to unpickle.
+    saved = sorted(p.name for p in (tmp_path / "b" / "checkpoints" / "step-00000003").iterdir())
+    assert "manifest.json" in saved and not any(name.startswith("custom_checkpoint") for name in saved), saved
+    a, b = straight.accelerator.unwrap_model(straight.student).state_dict(), resumed.accelerator.unwrap_model(resumed.student).state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    torch.manual_seed(0)  # run.seed: the student's initial weights
+    first = tiny_decoder.TinyDecoder(straight.cfg.decoder)
+    assert all(v.shape == first.state_dict()[k].shape for k, v in a.items())
+    assert any(not torch.equal(v, first.state_dict()[k]) for k, v in a.items())
+    losses = (tmp_path / "a" / "loss.csv").read_text().splitlines()
+    assert losses[0].split(",")[:5] == ["step", "l1_edge", "l1_pixel", "l1_temporal", "loss"] and len(losses) == 4
+
+    (path,) = resumed.export()
+    assert path.name == DECODER_FILE
+    loaded = tiny_decoder.load_tiny_decoder(path)
+    assert loaded.config == tiny_decoder.TinyDecoderConfig(widths=(8, 8, 8, 8), blocks=(1, 0, 0, 1))
+    assert all(torch.equal(loaded.state_dict()[k], b[k]) for k in b)
+    tiny_decoder.check_fits(loaded, resumed.model.vae)
+
+
+def test_cli_trains_exports_and_refuses_bad_settings(frames, tmp_path, capsys):
+    sets = lambda *extra: [arg for pair in config_sets(frames, tmp_path, "steps=1", *extra) for arg in ("--set", pair)]
+    assert main(["train-decoder", *sets()]) == 0
+    assert str(tmp_path / "export" / DECODER_FILE) in capsys.readouterr().out
+    assert main(["train-decoder", *sets("decoder.latent_channels=16")]) == 2
+    assert "decodes 16-channel latents" in capsys.readouterr().err
+    assert main(["train-decoder", *sets("run.preview_every=5")]) == 2
+    assert "SF-V settings" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train-decoder", "--help"])
+    out = capsys.readouterr().out
+    assert exit_info.value.code == 0 and "decoder.widths" in out and "loss.temporal_weight" in out and "loss.r1_interval" not in out
