@@ -17,6 +17,7 @@ import yaml
 
 from ..errors import InputError
 from ..sampling import SFV_TRAINING_LEVELS
+from .losses import HEAD_REDUCTIONS, RECONSTRUCTION_FORMS
 
 TINY_RANDOM = "tiny-random"
 LOSS_MODES = ("sfv_adversarial", "edm_diffusion")
@@ -70,13 +71,20 @@ class LossConfig:
     disc_p_mean: float = doc("Mean of ln(sigma) of the lognormal noise added to real and generated clips before the discriminator (the paper: -1).", -1.0)
     disc_p_std: float = doc("Std of ln(sigma) for that noise (the paper: 1).", 1.0)
     disc_levels: int = doc("The lognormal draw is snapped to the nearest of this many Karras levels (sigma 0.002..700, rho 7).", 1000)
-    adversarial_weight: float = doc("Weight of the generator's hinge loss (mean over the heads).", 1.0)
-    reconstruction_weight: float = doc("Weight of the pseudo-Huber loss between G's x0 and the real latents (the paper: 0.1).", 0.1)
-    huber_c: float = doc(
-        "c of the per-element pseudo-Huber loss sqrt((a-b)^2 + c^2) - c on model-space latents (not given by the paper; "
-        "0.03 is the consistency-model value, Song & Dhariwal 2023): quadratic below c, L1-like above.",
-        0.03,
+    adversarial_weight: float = doc("Weight of the generator's hinge loss (0: the reconstruction-only control, the discriminator still trains).", 1.0)
+    head_reduction: str = doc(
+        "How the hinge losses combine the 8 heads (positions are always averaged): 'mean' (keeps the balance with the "
+        "reconstruction term when heads are ablated) or 'sum' (as ADD sums its heads: 8x the mean). Not given by the paper.",
+        "mean",
     )
+    reconstruction_weight: float = doc("Weight of the pseudo-Huber loss between G's x0 and the real latents (the paper: 0.1).", 0.1)
+    reconstruction_form: str = doc(
+        "'paper': the paper's Eq. 9, iCT's pseudo-Huber on the whole clip, sqrt(||x0_hat - x0||^2 + c^2) - c with "
+        "c = 0.00054 sqrt(d) (d = elements per clip), averaged over clips. 'per_element': sqrt((a-b)^2 + huber_c^2) - huber_c "
+        "averaged over elements (this trainer's earlier form, close to L1; its gradient is about sqrt(d) weaker).",
+        "paper",
+    )
+    huber_c: float = doc("c of the 'per_element' form only (0.03; the 'paper' form derives c from d and refuses another value here).", 0.03)
     r1_weight: float = doc("gamma of the R1 penalty gamma/2 * E||grad_x D(x_real)||^2 on noised real inputs (not given by the paper; 0 disables).", 1.0)
     r1_mode: str = doc(
         "'approximate': E[(D(x + delta*n) - D(x))^2] / delta^2 with n ~ N(0, I), an estimate of the same ||grad_x D||^2 "
@@ -150,13 +158,32 @@ class TrainConfig:
             (bool(self.model.path), f"model.path is empty: point it at an SVD single file or diffusers folder ('{TINY_RANDOM}' for tests)"),
             (bool(self.data.path) or bool(self.data.latent_cache), "data.path is empty: point it at a folder of videos or frame folders"),
         ]
-        for ok, message in checks:
+        for ok, message in checks + recipe_checks(self):
             if not ok:
                 raise InputError(message)
         return self
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+
+def recipe_checks(config: TrainConfig) -> list[tuple[bool, str]]:
+    """Loss options that contradict each other or the precision: refused before any model loads."""
+    loss, defaults = config.loss, LossConfig()
+    adversarial_only = ("reconstruction_form", "head_reduction", "huber_c")
+    changed = [name for name in adversarial_only if getattr(loss, name) != getattr(defaults, name)]
+    return [
+        (loss.reconstruction_form in RECONSTRUCTION_FORMS, f"loss.reconstruction_form must be one of {RECONSTRUCTION_FORMS}"),
+        (loss.head_reduction in HEAD_REDUCTIONS, f"loss.head_reduction must be one of {HEAD_REDUCTIONS}"),
+        (loss.reconstruction_form == "per_element" or loss.huber_c == defaults.huber_c,
+         "loss.huber_c is the c of reconstruction_form 'per_element'; the 'paper' form uses c = 0.00054*sqrt(d): "
+         "drop huber_c or set loss.reconstruction_form=per_element"),
+        (loss.mode != "edm_diffusion" or not changed,
+         f"loss.{', loss.'.join(changed)} belong to loss.mode sfv_adversarial; edm_diffusion has no such term: drop them or use sfv_adversarial"),
+        (loss.mode != "sfv_adversarial" or config.run.mixed_precision != "fp16",
+         "run.mixed_precision fp16 is refused with loss.mode sfv_adversarial (its two optimisers would share one "
+         "GradScaler and clip still-scaled gradients): use bf16 (or fp32)"),
+    ]
 
 
 def sections() -> dict[str, type]:

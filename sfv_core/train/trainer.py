@@ -46,7 +46,7 @@ from .losses import (
     generator_sigmas,
     hinge_discriminator,
     hinge_generator,
-    pseudo_huber,
+    reconstruction_loss,
     r1_penalty,
     randn,
 )
@@ -244,10 +244,10 @@ class Trainer:
             fake_noisy = x0 + per_clip(sigma_fake) * fake_noise
             self.heads.requires_grad_(False)  # G's loss must not train the heads
             try:
-                adversarial = hinge_generator(self.discriminate(fake_noisy, sigma_fake, cond))
+                adversarial = hinge_generator(self.discriminate(fake_noisy, sigma_fake, cond), loss_cfg.head_reduction)
             finally:
                 self.heads.requires_grad_(True)
-            reconstruction = pseudo_huber(x0, latents, loss_cfg.huber_c)
+            reconstruction = reconstruction_loss(x0, latents, loss_cfg.reconstruction_form, loss_cfg.huber_c)
         loss = loss_cfg.adversarial_weight * adversarial + loss_cfg.reconstruction_weight * reconstruction
         parts = {"loss_g": loss.item(), "g_adversarial": adversarial.item(), "g_reconstruction": reconstruction.item()}
         return loss, parts, {"fake_noisy": fake_noisy.detach(), "sigma_fake": sigma_fake}
@@ -261,7 +261,7 @@ class Trainer:
         with self.accelerator.autocast():
             real_logits = self.discriminate(real_noisy, sigma_real, cond, features_grad=exact_r1)
             fake_logits = self.discriminate(fake_noisy, sigma_fake, cond, features_grad=False)
-            loss = hinge_discriminator(real_logits, fake_logits)
+            loss = hinge_discriminator(real_logits, fake_logits, loss_cfg.head_reduction)
             parts = {"loss_d": loss.item(), "d_real": torch.stack([l.float().mean() for l in real_logits]).mean().item(), "d_fake": torch.stack([l.float().mean() for l in fake_logits]).mean().item()}
             if with_r1:
                 r1 = self.r1(real_logits, real_noisy, sigma_real, cond)

@@ -1,0 +1,81 @@
+"""SF-V's recipe: the paper's reconstruction form, head reduction, R1 precision, refused combinations."""
+
+import math
+
+import pytest
+import torch
+
+from sfv_core.errors import InputError
+from sfv_core.train.config import load_config
+from sfv_core.train.losses import (
+    hinge_discriminator,
+    hinge_generator,
+    pseudo_huber_per_clip,
+    pseudo_huber_per_element,
+    reconstruction_loss,
+)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_paper_form_is_one_pseudo_huber_per_clip():
+    """Two clips of d = 144 elements, errors 1 and 0.5 everywhere: ||e|| = 12 and 6."""
+    target = torch.zeros(2, 4, 4, 3, 3)
+    prediction = torch.stack([torch.ones(4, 4, 3, 3), torch.full((4, 4, 3, 3), 0.5)])
+    c = 0.00054 * math.sqrt(144)
+    by_hand = ((math.sqrt(144 + c * c) - c) + (math.sqrt(36 + c * c) - c)) / 2
+    assert pseudo_huber_per_clip(prediction, target).item() == pytest.approx(by_hand, rel=1e-6)
+    assert reconstruction_loss(prediction, target, "paper", 0.03).item() == pytest.approx(by_hand, rel=1e-6)
+    per_element = ((math.sqrt(1 + 0.03**2) - 0.03) + (math.sqrt(0.25 + 0.03**2) - 0.03)) / 2
+    assert reconstruction_loss(prediction, target, "per_element", 0.03).item() == pytest.approx(per_element, rel=1e-6)
+
+
+def gradient_norm(loss_fn, error: torch.Tensor) -> float:
+    prediction = error.clone().requires_grad_(True)
+    (grad,) = torch.autograd.grad(loss_fn(prediction, torch.zeros_like(error)), prediction)
+    return grad.norm().item()
+
+
+@pytest.mark.parametrize("shape", [(1, 8, 4, 8, 8), (1, 14, 4, 16, 24)])  # the miniature's clip; a larger one
+def test_paper_form_gradient_is_sqrt_d_stronger_than_per_element(shape):
+    error = torch.randn(shape, generator=torch.Generator().manual_seed(0))
+    d = error[0].numel()
+    ratio = gradient_norm(pseudo_huber_per_clip, error) / gradient_norm(lambda a, b: pseudo_huber_per_element(a, b, 0.03), error)
+    assert ratio == pytest.approx(math.sqrt(d), rel=0.1), (ratio, math.sqrt(d))
+
+
+def test_head_reduction_sum_is_the_head_count_times_the_mean():
+    generator = torch.Generator().manual_seed(2)
+    real = [torch.randn(6, 3, generator=generator) for _ in range(8)]
+    fake = [torch.randn(6, 3, generator=generator) for _ in range(8)]
+    assert hinge_generator(fake, "sum").item() == pytest.approx(8 * hinge_generator(fake, "mean").item(), rel=1e-6)
+    assert hinge_discriminator(real, fake, "sum").item() == pytest.approx(8 * hinge_discriminator(real, fake).item(), rel=1e-6)
+
+
+BASE = ["model.path=tiny-random", "data.path=videos"]
+
+
+def test_paper_recipe_is_the_default():
+    cfg = load_config(None, BASE).validate()
+    assert (cfg.loss.reconstruction_form, cfg.loss.head_reduction, cfg.loss.reconstruction_weight) == ("paper", "mean", 0.1)
+    assert load_config(None, BASE + ["reconstruction_form=per_element", "huber_c=0.01"]).validate().loss.huber_c == 0.01
+
+
+@pytest.mark.parametrize("overrides,named", [
+    (["huber_c=0.01"], "huber_c"),  # paper form: c comes from d
+    (["mixed_precision=fp16"], "fp16"),  # two optimisers, one GradScaler
+    (["loss.mode=edm_diffusion", "head_reduction=sum"], "head_reduction"),  # no adversarial term there
+    (["reconstruction_form=l2"], "reconstruction_form"),
+])
+def test_contradicting_recipe_options_are_one_line_before_any_model_loads(overrides, named):
+    with pytest.raises(InputError) as error:
+        load_config(None, BASE + overrides).validate()  # Trainer() validates first thing
+    message = str(error.value)
+    assert named in message and "\n" not in message
+    assert load_config(None, BASE + ["loss.mode=edm_diffusion", "mixed_precision=fp16"]).validate()  # fp16 fine without G-vs-D
