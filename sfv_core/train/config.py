@@ -87,8 +87,10 @@ class LossConfig:
     huber_c: float = doc("c of the 'per_element' form only (0.03; the 'paper' form derives c from d and refuses another value here).", 0.03)
     r1_weight: float = doc("gamma of the R1 penalty gamma/2 * E||grad_x D(x_real)||^2 on noised real inputs (not given by the paper; 0 disables).", 1.0)
     r1_mode: str = doc(
-        "'approximate': E[(D(x + delta*n) - D(x))^2] / delta^2 with n ~ N(0, I), an estimate of the same ||grad_x D||^2 "
-        "from two forward passes (the approximated R1 of APT, Lin et al. 2025), no double backward; 'exact': autograd "
+        "'approximate': E[(D(x + delta*n) - D(x))^2] / delta^2 with n ~ N(0, I), a forward finite-difference estimate of "
+        "the same ||grad_x D||^2 from two forward passes, no double backward (this project's estimator; APT's approximated "
+        "R1, Lin et al. 2025, penalises the undivided difference). Both passes run in fp32, so the frozen encoder is kept "
+        "in fp32 (+1 GB at full size): in bf16 the division by delta^2 amplified rounding about 6x. 'exact': autograd "
         "double backward through the frozen encoder with math attention, which at 768x448x14 needs ~99 GB of activations "
         "(benchmarks/bench_train.py --estimate).",
         "approximate",
@@ -123,7 +125,7 @@ class RunConfig:
     output_dir: str = doc("Run folder: checkpoints/, logs (loss.csv, tensorboard/), previews/, export/.", "outputs/sfv-train")
     steps: int = doc("Optimiser steps to train (the paper: 50K).", 50000)
     seed: int = doc("Seed of everything random: weights of the heads, data order, clip starts, noise.", 0)
-    mixed_precision: str = doc("'fp32', 'bf16' or 'fp16' (autocast via accelerate; fp16 only on GPUs, bf16 recommended). Frozen parts are stored in that dtype; trained weights stay float32.", "bf16")
+    mixed_precision: str = doc("'fp32', 'bf16' or 'fp16' (autocast via accelerate; fp16 only on GPUs and only for edm_diffusion, bf16 recommended). Frozen parts are stored in that dtype; trained weights stay float32.", "bf16")
     gradient_checkpointing: bool = doc("Recompute activations in backward (diffusers' enable_gradient_checkpointing) for G and the frozen encoder.", True)
     checkpoint_every: int = doc("Write a resumable checkpoint every this many steps (and at the end).", 500)
     keep_checkpoints: int = doc("Older checkpoints beyond this many are deleted.", 3)

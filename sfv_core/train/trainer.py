@@ -146,8 +146,10 @@ class Trainer:
         unet = model.unet
         self.encoder = self.heads = None
         if self.adversarial:
-            # A copy of the ORIGINAL UNet's encoder half, taken before G changes.
-            self.encoder = FrozenUNetEncoder(unet).to(self.device, frozen_dtype)
+            # A copy of the ORIGINAL UNet's encoder half, taken before G changes. Kept in fp32 for
+            # approximate R1, whose passes run in fp32 (autocast still runs the others in bf16).
+            fp32_r1 = cfg.loss.r1_weight > 0 and cfg.loss.r1_mode == "approximate"
+            self.encoder = FrozenUNetEncoder(unet).to(self.device, torch.float32 if fp32_r1 else frozen_dtype)
             self.heads = DiscriminatorHeads(
                 self.encoder.channels,
                 image_embed_dim=unet.config.cross_attention_dim,
@@ -259,7 +261,9 @@ class Trainer:
         exact_r1 = with_r1 and loss_cfg.r1_mode == "exact"
         real_noisy = (latents + per_clip(sigma_real) * randn(latents.shape, noise, self.device)).requires_grad_(exact_r1)
         with self.accelerator.autocast():
-            real_logits = self.discriminate(real_noisy, sigma_real, cond, features_grad=exact_r1)
+            # A finite-difference R1 compares two real passes: both in fp32 (see `r1`).
+            with self.full_precision() if with_r1 and not exact_r1 else nullcontext():
+                real_logits = self.discriminate(real_noisy, sigma_real, cond, features_grad=exact_r1)
             fake_logits = self.discriminate(fake_noisy, sigma_fake, cond, features_grad=False)
             loss = hinge_discriminator(real_logits, fake_logits, loss_cfg.head_reduction)
             parts = {"loss_d": loss.item(), "d_real": torch.stack([l.float().mean() for l in real_logits]).mean().item(), "d_fake": torch.stack([l.float().mean() for l in fake_logits]).mean().item()}
@@ -275,9 +279,18 @@ class Trainer:
         loss_cfg = self.cfg.loss
         if loss_cfg.r1_mode == "exact":
             return r1_penalty(real_logits, real_noisy)
-        perturbed = real_noisy.detach() + loss_cfg.r1_delta * randn(real_noisy.shape, self.progress.noise, self.device)
-        perturbed_logits = self.discriminate(perturbed, sigma_real, cond, features_grad=False)
-        return approximate_r1_penalty(real_logits, perturbed_logits, loss_cfg.r1_delta, real_noisy.shape[0])
+        direction = randn(real_noisy.shape, self.progress.noise, self.device)
+        return approximate_r1_penalty(real_logits, self.perturbed_logits(real_noisy, sigma_real, cond, direction), loss_cfg.r1_delta, real_noisy.shape[0])
+
+    def perturbed_logits(self, real_noisy: torch.Tensor, sigma_real: torch.Tensor, cond: Conditioning, direction: torch.Tensor) -> list[torch.Tensor]:
+        """D(x + delta*n) in fp32, like the real pass it is compared with: dividing the difference by
+        delta^2 = 1e-4 amplifies bf16 rounding of the logits (it biased R1 about 6x high)."""
+        with self.full_precision():
+            return self.discriminate(real_noisy.detach() + self.cfg.loss.r1_delta * direction, sigma_real, cond, features_grad=False)
+
+    def full_precision(self):
+        """Autocast off: fp32 compute (the frozen encoder is kept in fp32 when approximate R1 runs)."""
+        return torch.autocast(device_type=self.device.type, enabled=False)
 
     def diffusion_loss(self, latents: torch.Tensor, cond: Conditioning) -> tuple[torch.Tensor, dict]:
         """EDM's denoising loss at lognormal levels (SVD's pretraining objective)."""
