@@ -129,3 +129,62 @@ def test_approximate_r1_matches_exact_r1_in_each_precision(tmp_path, precision):
         with trainer.accelerator.autocast():
             estimate += approximate_r1_penalty(real_logits, trainer.perturbed_logits(real, sigma, cond, direction), 1e-4, 2).item()
     assert 0.9 < estimate / exact < 1.1, estimate / exact
+
+
+# ---- diagnostics -----------------------------------------------------------------------------
+
+
+def test_accuracy_is_per_clip_and_split_by_the_generators_level():
+    from sfv_core.train.diagnostics import accuracy_parts, finish_accuracies
+
+    sigma = torch.tensor([700.0, 70.54, 700.0])
+    real = [torch.tensor([[1.0, 1.0], [-3.0, 1.0], [0.5, 0.5]])]  # per-clip means 1, -1, 0.5: 2 of 3 right
+    fake = [torch.tensor([[-1.0, -1.0], [2.0, 0.0], [-0.5, 0.1]])]  # means -1, 1, -0.2: right, wrong, right
+    parts = accuracy_parts(real, fake, sigma, [700.0, 70.54, 2.27])
+    # Two micro-batches of the same numbers, as train_step averages them: the ratios do not change.
+    totals = {k: 2 * v / 2 for k, v in parts.items()}
+    done = finish_accuracies(totals)
+    assert done["d_acc_real"] == pytest.approx(2 / 3) and done["d_acc_fake"] == pytest.approx(2 / 3)
+    assert done["d_acc_fake@700"] == 1.0 and done["d_acc_fake@70.54"] == 0.0 and math.isnan(done["d_acc_fake@2.27"])
+    assert not any(k.startswith("d_right") or k.startswith("d_clips") for k in done)
+
+
+def test_gradient_probe_separates_two_terms_in_one_backward():
+    from sfv_core.train.diagnostics import GradientProbe
+
+    x = torch.randn(5, 3, requires_grad=True)
+    probe = GradientProbe()
+    loss = 3 * probe.watch("a", x).sum() + probe.watch("b", x).pow(2).sum() / 2
+    loss.backward()
+    assert probe.norms["a"] == pytest.approx(3 * math.sqrt(15), rel=1e-6)
+    assert probe.norms["b"] == pytest.approx(x.detach().norm().item(), rel=1e-6)
+    assert torch.allclose(x.grad, 3 + x.detach())  # the views change nothing in the gradient
+
+
+def generator_gradients(trainer, latents, cond, noise_state):
+    trainer.generator.zero_grad(set_to_none=True)
+    trainer.progress.noise.set_state(noise_state)
+    parts = trainer.accumulate(latents, cond, sync=True)
+    return {n: p.grad.clone() for n, p in trainer.generator.named_parameters() if p.grad is not None}, parts
+
+
+@pytest.mark.parametrize("weight", [0.0, 1.0])
+def test_adversarial_off_leaves_the_generator_to_the_reconstruction_term(tmp_path, weight):
+    """adversarial_weight 0 (the control): G's gradient does not depend on the heads at all,
+    and the logged gradient ratio at x0 reads 0; with weight 1 both differ."""
+    trainer = tiny_trainer(tmp_path, "mixed_precision=fp32", f"adversarial_weight={weight}", "gradient_accumulation=1", "r1_weight=0")
+    generator = torch.Generator().manual_seed(5)
+    latents = torch.randn(2, FRAMES, 4, 6, 8, generator=generator)
+    state = trainer.progress.noise.get_state()
+    before, parts = generator_gradients(trainer, latents, tiny_cond(), state)
+    with torch.no_grad():
+        for p in trainer.heads.parameters():
+            p.add_(torch.randn(p.shape, generator=generator))
+    after, _ = generator_gradients(trainer, latents, tiny_cond(), state)
+    same = all(torch.equal(before[n], after[n]) for n in before)
+    ratio = parts["grad_x0_adversarial_over_reconstruction"]
+    assert {"d_acc_real", "d_acc_fake"} <= set(parts)
+    if weight == 0:
+        assert same and ratio == 0.0
+    else:
+        assert not same and 0 < ratio < math.inf

@@ -33,6 +33,7 @@ from ..sampling import Conditioning, denoise
 from . import checkpointing
 from .config import TINY_RANDOM, TrainConfig
 from .data import BatchStream, ClipOrder, Source, VideoClipDataset, scan
+from .diagnostics import GradientProbe, accuracy_parts, finish_accuracies
 from .discriminator import DiscriminatorHeads, FrozenUNetEncoder
 from .ema import EMA
 from .encoding import LatentCacheDataset, batch_inputs, build_latent_cache, cache_is_complete, finish_latent_cache
@@ -243,19 +244,23 @@ class Trainer:
         fake_noise = randn(latents.shape, noise, self.device)
         with self.accelerator.autocast():
             x0 = denoise(self.generator, noisy, sigma, cond)
-            fake_noisy = x0 + per_clip(sigma_fake) * fake_noise
+            # Each term reads its own hooked view of x0: the backward reports their gradient norms.
+            self.x0_probe = GradientProbe()
+            fake_noisy = self.x0_probe.watch("adversarial", x0) + per_clip(sigma_fake) * fake_noise
             self.heads.requires_grad_(False)  # G's loss must not train the heads
             try:
                 adversarial = hinge_generator(self.discriminate(fake_noisy, sigma_fake, cond), loss_cfg.head_reduction)
             finally:
                 self.heads.requires_grad_(True)
-            reconstruction = reconstruction_loss(x0, latents, loss_cfg.reconstruction_form, loss_cfg.huber_c)
+            reconstruction = reconstruction_loss(self.x0_probe.watch("reconstruction", x0), latents, loss_cfg.reconstruction_form, loss_cfg.huber_c)
         loss = loss_cfg.adversarial_weight * adversarial + loss_cfg.reconstruction_weight * reconstruction
         parts = {"loss_g": loss.item(), "g_adversarial": adversarial.item(), "g_reconstruction": reconstruction.item()}
-        return loss, parts, {"fake_noisy": fake_noisy.detach(), "sigma_fake": sigma_fake}
+        return loss, parts, {"fake_noisy": fake_noisy.detach(), "sigma_fake": sigma_fake, "sigma_generator": sigma}
 
-    def discriminator_loss(self, latents: torch.Tensor, cond: Conditioning, fake_noisy: torch.Tensor, sigma_fake: torch.Tensor, with_r1: bool):
-        """Hinge loss of the heads on real vs generated (+ lazy R1). Returns (loss, parts, real input)."""
+    def discriminator_loss(self, latents: torch.Tensor, cond: Conditioning, fake_noisy: torch.Tensor, sigma_fake: torch.Tensor, with_r1: bool,
+                           sigma_generator: torch.Tensor | None = None):
+        """Hinge loss of the heads on real vs generated (+ lazy R1). Returns (loss, parts, real input).
+        With the generator's input levels, parts also count per-clip accuracy per level."""
         loss_cfg, noise, clips = self.cfg.loss, self.progress.noise, latents.shape[0]
         sigma_real = discriminator_sigmas(clips, loss_cfg.disc_p_mean, loss_cfg.disc_p_std, loss_cfg.disc_levels, noise, self.device)
         exact_r1 = with_r1 and loss_cfg.r1_mode == "exact"
@@ -267,6 +272,8 @@ class Trainer:
             fake_logits = self.discriminate(fake_noisy, sigma_fake, cond, features_grad=False)
             loss = hinge_discriminator(real_logits, fake_logits, loss_cfg.head_reduction)
             parts = {"loss_d": loss.item(), "d_real": torch.stack([l.float().mean() for l in real_logits]).mean().item(), "d_fake": torch.stack([l.float().mean() for l in fake_logits]).mean().item()}
+            if sigma_generator is not None:
+                parts.update(accuracy_parts(real_logits, fake_logits, sigma_generator, loss_cfg.generator_levels))
             if with_r1:
                 r1 = self.r1(real_logits, real_noisy, sigma_real, cond)
                 # Lazy regularisation: applied every r1_interval steps, so scaled by it.
@@ -318,10 +325,11 @@ class Trainer:
             loss_g, parts, fake = self.generator_loss(latents, cond)
             self.accelerator.backward(loss_g * scale)
             del loss_g
+            parts["grad_x0_adversarial_over_reconstruction"] = self.x0_probe.ratio("adversarial", "reconstruction")
         with_r1 = self.r1_due()
         # Exact R1 differentiates a gradient: fused attention kernels have no double backward.
         with self._math_attention() if with_r1 and self.cfg.loss.r1_mode == "exact" else nullcontext():
-            loss_d, d_parts, _ = self.discriminator_loss(latents, cond, fake["fake_noisy"], fake["sigma_fake"], with_r1)
+            loss_d, d_parts, _ = self.discriminator_loss(latents, cond, fake["fake_noisy"], fake["sigma_fake"], with_r1, fake["sigma_generator"])
             self.accelerator.backward(loss_d * scale)
         return {**parts, **d_parts}
 
@@ -364,7 +372,7 @@ class Trainer:
         if self.adversarial:
             totals["r1_last"] = self.last_r1
         self.optimizer_step()
-        return dict(totals)
+        return finish_accuracies(dict(totals))
 
     # ---- the run ------------------------------------------------------------------------
 
