@@ -188,3 +188,58 @@ def test_adversarial_off_leaves_the_generator_to_the_reconstruction_term(tmp_pat
         assert same and ratio == 0.0
     else:
         assert not same and 0 < ratio < math.inf
+
+
+# ---- the discriminator can learn -------------------------------------------------------------
+
+
+def auc(real: torch.Tensor, fake: torch.Tensor) -> float:
+    """P(score of a real clip > score of a generated one), ties half."""
+    diff = real[:, None] - fake[None, :]
+    return ((diff > 0).float() + 0.5 * (diff == 0).float()).mean().item()
+
+
+def moving_and_frozen(clips: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Real: a random latent pattern sliding one latent pixel per frame; fake: its first frame frozen."""
+    base = torch.randn(clips, 1, 4, 6, 8, generator=generator)
+    real = torch.cat([torch.roll(base, shifts=t, dims=-1) for t in range(FRAMES)], dim=1)
+    return real, base.expand(-1, FRAMES, -1, -1, -1).clone()
+
+
+def test_heads_alone_learn_to_spot_frozen_frames():
+    """The trainable heads on the frozen encoder of a random UNet, trained alone (the generator
+    out of the loop) on obviously wrong fakes, reach a held-out AUC above 0.9 within seconds."""
+    from sfv_core.models import TINY, build_random_model
+    from sfv_core.sampling import Conditioning
+    from sfv_core.train.discriminator import DiscriminatorHeads, FrozenUNetEncoder
+    from sfv_core.train.losses import per_clip_score
+
+    torch.manual_seed(0)
+    encoder = FrozenUNetEncoder(build_random_model(TINY).unet)
+    heads = DiscriminatorHeads(encoder.channels, 32, width=32, cond_width=32)
+    optimiser = torch.optim.Adam(heads.parameters(), lr=1e-3, betas=(0.5, 0.999))
+    generator = torch.Generator().manual_seed(7)
+    clips = 8
+
+    def scores(x, sigma):
+        cond = Conditioning(torch.zeros(clips, 1, 32), x[:, 0], torch.tensor([[6.0, 127.0, 0.02]] * clips), FRAMES)
+        with torch.no_grad():
+            features = encoder(x + sigma.reshape(-1, 1, 1, 1, 1) * torch.randn(x.shape, generator=generator), sigma, cond)
+        return heads(features, sigma, cond)
+
+    def held_out_auc():
+        real, fake = moving_and_frozen(clips, generator)
+        sigma = torch.full((clips,), 0.2)
+        with torch.no_grad():
+            return auc(per_clip_score(scores(real, sigma), clips), per_clip_score(scores(fake, sigma), clips))
+
+    before = held_out_auc()
+    for _ in range(30):
+        real, fake = moving_and_frozen(clips, generator)
+        sigma = torch.exp(-1.0 + 0.5 * torch.randn(clips, generator=generator))
+        loss = hinge_discriminator(scores(real, sigma), scores(fake, sigma))
+        optimiser.zero_grad(set_to_none=True)
+        loss.backward()
+        optimiser.step()
+    after = held_out_auc()
+    assert before < 0.75 and after > 0.9, (before, after)  # measured: 0.39 untrained, 1.0 after 30 steps
