@@ -243,3 +243,44 @@ def test_heads_alone_learn_to_spot_frozen_frames():
         optimiser.step()
     after = held_out_auc()
     assert before < 0.75 and after > 0.9, (before, after)  # measured: 0.39 untrained, 1.0 after 30 steps
+
+
+# ---- per-clip micro-conditioning -----------------------------------------------------------
+
+
+def test_motion_bucket_mapping():
+    from sfv_core.train.motion import motion_buckets
+
+    still = torch.zeros(1, 4, 3, 8, 8)
+    steps = torch.arange(4).float().reshape(1, 4, 1, 1, 1) * 0.1  # [-1,1] steps of 0.1 = 0.05 in [0,1] units
+    flicker = torch.tensor([-1.0, 1.0, -1.0, 1.0]).reshape(1, 4, 1, 1, 1).expand(1, 4, 3, 8, 8)
+    buckets = motion_buckets(torch.cat([still, steps.expand(1, 4, 3, 8, 8), flicker]), full_scale=0.1)
+    assert buckets.tolist() == [0.0, 128.0, 255.0]  # 255 * 0.05 / 0.1 = 127.5 -> 128; saturates at 255
+
+
+def test_sampled_augmentation_is_lognormal():
+    from sfv_core.train.motion import sampled_augmentation
+
+    values = sampled_augmentation(4000, -3.0, 0.5, torch.Generator().manual_seed(0))
+    assert values.log().mean().item() == pytest.approx(-3.0, abs=0.05) and values.log().std().item() == pytest.approx(0.5, abs=0.03)
+
+
+def test_per_clip_conditioning_reaches_the_time_ids_and_the_image_latent():
+    from sfv_core.models import TINY, build_random_model
+    from sfv_core.train.encoding import cache_settings, encode_clips
+
+    model = build_random_model(TINY)
+    moving = torch.linspace(-0.5, 0.5, FRAMES).reshape(1, FRAMES, 1, 1, 1).expand(1, FRAMES, 3, 48, 64)
+    frames = torch.cat([torch.zeros(1, FRAMES, 3, 48, 64), moving])
+    fixed_cfg = load_config(None, BASE).data
+    per_clip_cfg = load_config(None, BASE + ["conditioning=per_clip"]).validate().data
+    _, fixed = encode_clips(model, frames, fixed_cfg, torch.Generator().manual_seed(1))
+    _, varied = encode_clips(model, frames, per_clip_cfg, torch.Generator().manual_seed(1))
+    assert fixed.added_time_ids.tolist() == [[6.0, 127.0, pytest.approx(0.02)]] * 2
+    fps, motion, augmentation = varied.added_time_ids.T
+    assert fps.tolist() == [6.0, 6.0] and motion[0] == 0 and motion[1] > 0
+    assert (augmentation > 0).all() and augmentation[0] != augmentation[1]
+    assert not torch.allclose(fixed.image_latent, varied.image_latent)  # the drawn augmentation is applied
+    assert "conditioning" in cache_settings(per_clip_cfg) and "conditioning" not in cache_settings(fixed_cfg)  # old caches stay valid
+    with pytest.raises(InputError, match="motion_bucket_id"):
+        load_config(None, BASE + ["conditioning=per_clip", "motion_bucket_id=60"]).validate()

@@ -23,6 +23,7 @@ TINY_RANDOM = "tiny-random"
 LOSS_MODES = ("sfv_adversarial", "edm_diffusion")
 R1_MODES = ("approximate", "exact")
 PRECISIONS = ("fp32", "bf16", "fp16")
+CONDITIONING_MODES = ("fixed", "per_clip")
 
 
 def doc(help_text: str, default=dataclasses.MISSING, factory=dataclasses.MISSING):
@@ -52,6 +53,16 @@ class DataConfig:
     frame_folder_fps: typing.Optional[float] = doc("Frame rate of frame-folder sources; null means their frames are already at data.fps.", None)
     motion_bucket_id: int = doc("Motion bucket id put in the time ids (SVD default 127).", 127)
     augmentation: float = doc("Noise augmentation of the conditioning frame in [-1,1] pixel space (SVD: 0.02); also goes into the time ids.", 0.02)
+    conditioning: str = doc(
+        "'fixed': every clip trains with motion_bucket_id and augmentation above. 'per_clip': each clip's motion bucket "
+        "is measured from its frame differences (255 * min(1, mean|x[t+1]-x[t]| / motion_full_scale), [0,1] pixel units; "
+        "sfv_core/train/motion.py) and its augmentation drawn lognormal, so the model learns what the two dials mean "
+        "(not given by the paper; SVD trained with per-clip values).",
+        "fixed",
+    )
+    motion_full_scale: float = doc("per_clip only: the mean |frame difference| (in [0,1] pixel units) that maps to motion bucket 255; 127 is half of it.", 0.1)
+    augmentation_p_mean: float = doc("per_clip only: mean of ln(augmentation) (-3.0: median 0.05, as open SVD fine-tuning code draws it).", -3.0)
+    augmentation_p_std: float = doc("per_clip only: std of ln(augmentation).", 0.5)
     batch_size: int = doc("Clips per device per micro-batch (the paper: 1, times 4 accumulation steps, times 8 GPUs = 32).", 1)
     num_workers: int = doc("DataLoader worker processes decoding videos.", 2)
     latent_cache: str = doc(
@@ -171,10 +182,15 @@ class TrainConfig:
 
 def recipe_checks(config: TrainConfig) -> list[tuple[bool, str]]:
     """Loss options that contradict each other or the precision: refused before any model loads."""
-    loss, defaults = config.loss, LossConfig()
+    loss, defaults, data = config.loss, LossConfig(), config.data
     adversarial_only = ("reconstruction_form", "head_reduction", "huber_c")
     changed = [name for name in adversarial_only if getattr(loss, name) != getattr(defaults, name)]
+    fixed_values = [f"data.{name}" for name in ("motion_bucket_id", "augmentation") if getattr(data, name) != getattr(DataConfig(), name)]
     return [
+        (data.conditioning in CONDITIONING_MODES, f"data.conditioning must be one of {CONDITIONING_MODES}"),
+        (data.motion_full_scale > 0 and data.augmentation_p_std >= 0, "data.motion_full_scale must be > 0 and data.augmentation_p_std >= 0"),
+        (data.conditioning == "fixed" or not fixed_values,
+         f"{' and '.join(fixed_values)} are the fixed values; data.conditioning per_clip measures and draws them per clip: drop them or use conditioning fixed"),
         (loss.reconstruction_form in RECONSTRUCTION_FORMS, f"loss.reconstruction_form must be one of {RECONSTRUCTION_FORMS}"),
         (loss.head_reduction in HEAD_REDUCTIONS, f"loss.head_reduction must be one of {HEAD_REDUCTIONS}"),
         (loss.reconstruction_form == "per_element" or loss.huber_c == defaults.huber_c,
