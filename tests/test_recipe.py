@@ -284,3 +284,22 @@ def test_per_clip_conditioning_reaches_the_time_ids_and_the_image_latent():
     assert "conditioning" in cache_settings(per_clip_cfg) and "conditioning" not in cache_settings(fixed_cfg)  # old caches stay valid
     with pytest.raises(InputError, match="motion_bucket_id"):
         load_config(None, BASE + ["conditioning=per_clip", "motion_bucket_id=60"]).validate()
+
+
+# ---- the CPU quick start ---------------------------------------------------------------------
+
+
+def test_cpu_quick_start_config_is_cpu_sane_and_the_shipped_one_says_what_to_change():
+    from pathlib import Path
+
+    from sfv_core.train.config import cpu_advice
+
+    repo = Path(__file__).resolve().parents[1]
+    quick = load_config(repo / "configs" / "quickstart_cpu.yaml").validate()
+    assert Path(repo / quick.model.path).is_file()  # the bundled toy model
+    assert cpu_advice(quick) is None
+    assert (quick.loss.reconstruction_form, quick.loss.mode) == ("paper", "sfv_adversarial")  # the paper's recipe, small
+    advice = cpu_advice(load_config(repo / "configs" / "train_sfv.yaml"))
+    for change in ("mixed_precision=fp32", "gradient_accumulation=1", "latent_cache", "gradient_checkpointing=false"):
+        assert change in advice
+    assert "\n" not in advice

@@ -204,6 +204,21 @@ def recipe_checks(config: TrainConfig) -> list[tuple[bool, str]]:
     ]
 
 
+def cpu_advice(config: TrainConfig) -> str | None:
+    """One loud line for a CPU run with the shipped (GPU) settings that make it slow, or None."""
+    changes = [
+        ("run.mixed_precision=fp32", config.run.mixed_precision != "fp32"),
+        ("optim.gradient_accumulation=1", config.optim.gradient_accumulation > 1),
+        ("data.latent_cache=FOLDER", not config.data.latent_cache),
+        ("run.gradient_checkpointing=false", config.run.gradient_checkpointing),
+    ]
+    wanted = [change for change, needed in changes if needed]
+    if not wanted:
+        return None
+    return ("TRAINING ON THE CPU with GPU settings, which are many times slower here: set " + ", ".join(wanted)
+            + " (configs/quickstart_cpu.yaml has them)")
+
+
 def sections() -> dict[str, type]:
     """{'model': ModelConfig, 'data': DataConfig, ...}"""
     return typing.get_type_hints(TrainConfig)

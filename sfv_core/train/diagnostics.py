@@ -17,7 +17,8 @@ RIGHT, CLIPS = "d_right_fake", "d_clips_fake"
 
 
 def level_name(level: float) -> str:
-    return f"{level:g}"
+    """700, 70.54, 2.27: SF-V's levels as the paper writes them (they are 700, 70.5408, 2.26912)."""
+    return f"{round(level, 2):g}"
 
 
 def accuracy_parts(real_logits: list[torch.Tensor], fake_logits: list[torch.Tensor], generator_sigma: torch.Tensor, levels: list[float]) -> dict:

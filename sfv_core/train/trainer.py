@@ -31,7 +31,7 @@ from ..models import TINY, SVDModel, build_random_model
 from ..runtime import move
 from ..sampling import Conditioning, denoise
 from . import checkpointing
-from .config import TINY_RANDOM, TrainConfig
+from .config import TINY_RANDOM, TrainConfig, cpu_advice
 from .data import BatchStream, ClipOrder, Source, VideoClipDataset, scan
 from .diagnostics import GradientProbe, accuracy_parts, finish_accuracies
 from .discriminator import DiscriminatorHeads, FrozenUNetEncoder
@@ -123,6 +123,8 @@ class Trainer:
         self.device = self.accelerator.device
         if self.device.type == "cpu" and cfg.run.mixed_precision == "fp16":
             raise InputError("run.mixed_precision fp16 needs a GPU: use 'fp32' or 'bf16' on the CPU")
+        if self.device.type == "cpu" and (advice := cpu_advice(cfg)):
+            log.warning(advice)
         self.run_dir = Path(cfg.run.output_dir)
         self.adversarial = cfg.loss.mode == "sfv_adversarial"
         # Same seed on every process: the replicated heads must start identical.
