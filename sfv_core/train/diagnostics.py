@@ -17,7 +17,7 @@ RIGHT, CLIPS = "d_right_fake", "d_clips_fake"
 
 
 def level_name(level: float) -> str:
-    """700, 70.54, 2.27: SF-V's levels as the paper writes them (they are 700, 70.5408, 2.26912)."""
+    """SF-V's levels to 2 decimals, as the paper writes them (the schedule holds more digits)."""
     return f"{round(level, 2):g}"
 
 
