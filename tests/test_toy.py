@@ -62,10 +62,11 @@ def test_experiment_smoke(tmp_path):
     from sfv_core.toy.experiment import ToyConfig, run
 
     cfg = ToyConfig(num_frames=4, train_clips=4, heldout_clips=4, vae_steps=1, pretrain_steps=1, pretrain_batch=2,
-                    distill_steps=1, distill_batch=1, teacher_steps=2, threads=1, variants=("both",))
+                    distill_steps=1, distill_batch=1, teacher_steps=2, threads=1, variants=("both",), recipes=("paper", "control"))
     results = run(tmp_path, cfg)
     names = [r["method"] for r in results["rows"]]
-    assert names[1].startswith("teacher, 2 steps") and "SF-V, 4 steps" in names
+    assert names[1].startswith("teacher, 2 steps") and "SF-V, 4 steps" in names and "control: adversarial weight 0, 1 step" in names
+    assert any("beats the control" in bar for bar in results["bars"])
     assert all(np.isfinite(r["fvd_proxy"]) and r["seconds_per_clip"] > 0 for r in results["rows"])
     for name in ("results.json", "table.md", "quality_vs_time.png", "samples.png"):
         assert (tmp_path / name).is_file()
@@ -128,3 +129,21 @@ def test_tiny_decoder_miniature_smoke(tmp_path, monkeypatch):
     assert (tmp_path / "table.md").is_file() and len(results["bars"]) == 3
     monkeypatch.setattr(sfv_core.assets, "TOY_TINY_DECODER", tmp_path / "assets" / "tiny.safetensors")
     assert tiny_decoder.load_tiny_decoder(ship(results)).config == tiny_decoder.FULL_CONFIG
+
+
+def test_sweep_summary_and_bars():
+    """Mean and min-max per row over seeds; the bars need the recipe rows apart from the control."""
+    from sfv_core.toy.experiment import summarise, sweep_bars
+
+    def rows(sfv, per_element, control, teacher):
+        names = {"SF-V, 1 step": sfv, "SF-V (per-element reconstruction), 1 step": per_element,
+                 "control: adversarial weight 0, 1 step": control, "teacher, 1 step, no CFG": teacher}
+        return [{"method": k, "unet_passes": 1, "fvd_proxy_vs_recon": v, "fvd_proxy": v + 5, "seconds_per_clip": 0.3, "unet_seconds_per_clip": 0.01} for k, v in names.items()]
+
+    summary = summarise([rows(0.16, 0.5, 0.87, 0.86), rows(0.41, 0.8, 0.76, 0.86), rows(0.33, 0.6, 0.86, 0.86)])
+    sfv = summary[0]["fvd_proxy_vs_recon"]
+    assert sfv["mean"] == pytest.approx(0.3) and (sfv["min"], sfv["max"]) == (0.16, 0.41)
+    bars = sweep_bars(summary)
+    assert bars["SF-V, 1 step: mean below the control's, seed ranges apart"]
+    assert not bars["SF-V (per-element reconstruction), 1 step: mean below the control's, seed ranges apart"]  # 0.8 > 0.76
+    assert bars["SF-V, 1 step: mean <= 0.5 x the teacher's 1 step mean (the better of CFG / no CFG)"]  # 0.30 <= 0.43

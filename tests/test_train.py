@@ -172,7 +172,10 @@ def test_one_step_trains_generator_and_heads_only(videos, tmp_path):
     latents, cond, _ = trainer.next_inputs()
     assert trainer.r1_due()  # step 0: R1 included
     trainer.accumulate(latents, cond, sync=True)
-    missing = [n for n, p in trainer.generator.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
+    # Cross-attention to ONE image token: softmax over one key is constant, so the query path
+    # (norm2 -> attn2.to_q) has a zero gradient in exact arithmetic (float noise at best).
+    query_path = lambda name: ".norm2." in name or ".attn2.to_q." in name
+    missing = [n for n, p in trainer.generator.named_parameters() if (p.grad is None or not p.grad.abs().sum() > 0) and not query_path(n)]
     assert not missing, missing[:5]
     assert all(p.grad is not None for p in trainer.heads.parameters())
     assert all(not p.requires_grad and p.grad is None for p in trainer.encoder.parameters())

@@ -105,3 +105,22 @@ def to_float(clips: np.ndarray):
     import torch
 
     return torch.from_numpy(clips).float() / 255.0
+
+
+def main(argv=None) -> int:
+    """`python -m sfv_core.toy.data --out DIR`: the miniature's training clips as frame folders
+    (the trainer's input), for the CPU quick start."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=main.__doc__, allow_abbrev=False)
+    parser.add_argument("--out", required=True, help="folder to write clip00000/000.png, ... into")
+    parser.add_argument("--clips", type=int, default=16)
+    parser.add_argument("--frames", type=int, default=8)
+    parser.add_argument("--size", type=int, default=64)
+    args = parser.parse_args(argv)
+    print(write_frame_folders(generate_split("train", args.clips, args.frames, args.size), args.out))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -19,11 +19,13 @@ import yaml
 from .. import limits
 from ..errors import InputError
 from ..sampling import SFV_TRAINING_LEVELS
+from .losses import HEAD_REDUCTIONS, RECONSTRUCTION_FORMS
 
 TINY_RANDOM = "tiny-random"
 LOSS_MODES = ("sfv_adversarial", "edm_diffusion")
 R1_MODES = ("approximate", "exact")
 PRECISIONS = ("fp32", "bf16", "fp16")
+CONDITIONING_MODES = ("fixed", "per_clip")
 
 
 def doc(help_text: str, default=dataclasses.MISSING, factory=dataclasses.MISSING):
@@ -53,6 +55,16 @@ class DataConfig:
     frame_folder_fps: typing.Optional[float] = doc("Frame rate of frame-folder sources; null means their frames are already at data.fps.", None)
     motion_bucket_id: int = doc("Motion bucket id put in the time ids (SVD default 127).", 127)
     augmentation: float = doc("Noise augmentation of the conditioning frame in [-1,1] pixel space (SVD: 0.02); also goes into the time ids.", 0.02)
+    conditioning: str = doc(
+        "'fixed': every clip trains with motion_bucket_id and augmentation above. 'per_clip': each clip's motion bucket "
+        "is measured from its frame differences (255 * min(1, mean|x[t+1]-x[t]| / motion_full_scale), [0,1] pixel units; "
+        "sfv_core/train/motion.py) and its augmentation drawn lognormal, so the model learns what the two dials mean "
+        "(not given by the paper; SVD trained with per-clip values).",
+        "fixed",
+    )
+    motion_full_scale: float = doc("per_clip only: the mean |frame difference| (in [0,1] pixel units) that maps to motion bucket 255; 127 is half of it.", 0.1)
+    augmentation_p_mean: float = doc("per_clip only: mean of ln(augmentation) (-3.0: median 0.05, as open SVD fine-tuning code draws it).", -3.0)
+    augmentation_p_std: float = doc("per_clip only: std of ln(augmentation).", 0.5)
     batch_size: int = doc("Clips per device per micro-batch (the paper: 1, times 4 accumulation steps, times 8 GPUs = 32).", 1)
     num_workers: int = doc("DataLoader worker processes decoding videos.", 2)
     latent_cache: str = doc(
@@ -72,17 +84,26 @@ class LossConfig:
     disc_p_mean: float = doc("Mean of ln(sigma) of the lognormal noise added to real and generated clips before the discriminator (the paper: -1).", -1.0)
     disc_p_std: float = doc("Std of ln(sigma) for that noise (the paper: 1).", 1.0)
     disc_levels: int = doc("The lognormal draw is snapped to the nearest of this many Karras levels (sigma 0.002..700, rho 7).", 1000)
-    adversarial_weight: float = doc("Weight of the generator's hinge loss (mean over the heads).", 1.0)
-    reconstruction_weight: float = doc("Weight of the pseudo-Huber loss between G's x0 and the real latents (the paper: 0.1).", 0.1)
-    huber_c: float = doc(
-        "c of the per-element pseudo-Huber loss sqrt((a-b)^2 + c^2) - c on model-space latents (not given by the paper; "
-        "0.03 is the consistency-model value, Song & Dhariwal 2023): quadratic below c, L1-like above.",
-        0.03,
+    adversarial_weight: float = doc("Weight of the generator's hinge loss (0: the reconstruction-only control, the discriminator still trains).", 1.0)
+    head_reduction: str = doc(
+        "How the hinge losses combine the 8 heads (positions are always averaged): 'mean' (keeps the balance with the "
+        "reconstruction term when heads are ablated) or 'sum' (as ADD sums its heads: 8x the mean). Not given by the paper.",
+        "mean",
     )
+    reconstruction_weight: float = doc("Weight of the pseudo-Huber loss between G's x0 and the real latents (the paper: 0.1).", 0.1)
+    reconstruction_form: str = doc(
+        "'paper': the paper's Eq. 9, iCT's pseudo-Huber on the whole clip, sqrt(||x0_hat - x0||^2 + c^2) - c with "
+        "c = 0.00054 sqrt(d) (d = elements per clip), averaged over clips. 'per_element': sqrt((a-b)^2 + huber_c^2) - huber_c "
+        "averaged over elements (this trainer's earlier form, close to L1; its gradient is about sqrt(d) weaker).",
+        "paper",
+    )
+    huber_c: float = doc("c of the 'per_element' form only (0.03; the 'paper' form derives c from d and refuses another value here).", 0.03)
     r1_weight: float = doc("gamma of the R1 penalty gamma/2 * E||grad_x D(x_real)||^2 on noised real inputs (not given by the paper; 0 disables).", 1.0)
     r1_mode: str = doc(
-        "'approximate': E[(D(x + delta*n) - D(x))^2] / delta^2 with n ~ N(0, I), an estimate of the same ||grad_x D||^2 "
-        "from two forward passes (the approximated R1 of APT, Lin et al. 2025), no double backward; 'exact': autograd "
+        "'approximate': E[(D(x + delta*n) - D(x))^2] / delta^2 with n ~ N(0, I), a forward finite-difference estimate of "
+        "the same ||grad_x D||^2 from two forward passes, no double backward (this project's estimator; APT's approximated "
+        "R1, Lin et al. 2025, penalises the undivided difference). Both passes run in fp32, so the frozen encoder is kept "
+        "in fp32 (+1 GB at full size): in bf16 the division by delta^2 amplified rounding about 6x. 'exact': autograd "
         "double backward through the frozen encoder with math attention, which at 768x448x14 needs ~99 GB of activations "
         "(benchmarks/bench_train.py --estimate).",
         "approximate",
@@ -117,7 +138,7 @@ class RunConfig:
     output_dir: str = doc("Run folder: checkpoints/, logs (loss.csv, tensorboard/), previews/, export/.", "outputs/sfv-train")
     steps: int = doc("Optimiser steps to train (the paper: 50K).", 50000)
     seed: int = doc("Seed of everything random: weights of the heads, data order, clip starts, noise.", 0)
-    mixed_precision: str = doc("'fp32', 'bf16' or 'fp16' (autocast via accelerate; fp16 only on GPUs, bf16 recommended). Frozen parts are stored in that dtype; trained weights stay float32.", "bf16")
+    mixed_precision: str = doc("'fp32', 'bf16' or 'fp16' (autocast via accelerate; fp16 only on GPUs and only for edm_diffusion, bf16 recommended). Frozen parts are stored in that dtype; trained weights stay float32.", "bf16")
     gradient_checkpointing: bool = doc("Recompute activations in backward (diffusers' enable_gradient_checkpointing) for G and the frozen encoder.", True)
     checkpoint_every: int = doc("Write a resumable checkpoint every this many steps (and at the end).", 500)
     keep_checkpoints: int = doc("Older checkpoints beyond this many are deleted.", 3)
@@ -149,7 +170,7 @@ class TrainConfig:
             (self.loss.r1_interval >= 1 and self.loss.r1_delta > 0, "loss.r1_interval must be >= 1 and loss.r1_delta > 0"),
             (self.discriminator.heads in ("both", "spatial", "temporal"), "discriminator.heads must be both, spatial or temporal"),
         ]
-        return raise_failed(checks, self)
+        return raise_failed(checks + recipe_checks(self), self)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -203,6 +224,45 @@ def raise_failed(checks: list[tuple[bool, str]], config):
 def sections(root: type = TrainConfig) -> dict[str, type]:
     """{'model': ModelConfig, 'data': DataConfig, ...} of a trainer's config class."""
     return typing.get_type_hints(root)
+
+
+def recipe_checks(config: TrainConfig) -> list[tuple[bool, str]]:
+    """Loss options that contradict each other or the precision: refused before any model loads."""
+    loss, defaults, data = config.loss, LossConfig(), config.data
+    adversarial_only = ("reconstruction_form", "head_reduction", "huber_c")
+    changed = [name for name in adversarial_only if getattr(loss, name) != getattr(defaults, name)]
+    fixed_values = [f"data.{name}" for name in ("motion_bucket_id", "augmentation") if getattr(data, name) != getattr(DataConfig(), name)]
+    return [
+        (data.conditioning in CONDITIONING_MODES, f"data.conditioning must be one of {CONDITIONING_MODES}"),
+        (data.motion_full_scale > 0 and data.augmentation_p_std >= 0, "data.motion_full_scale must be > 0 and data.augmentation_p_std >= 0"),
+        (data.conditioning == "fixed" or not fixed_values,
+         f"{' and '.join(fixed_values)} are the fixed values; data.conditioning per_clip measures and draws them per clip: drop them or use conditioning fixed"),
+        (loss.reconstruction_form in RECONSTRUCTION_FORMS, f"loss.reconstruction_form must be one of {RECONSTRUCTION_FORMS}"),
+        (loss.head_reduction in HEAD_REDUCTIONS, f"loss.head_reduction must be one of {HEAD_REDUCTIONS}"),
+        (loss.reconstruction_form == "per_element" or loss.huber_c == defaults.huber_c,
+         "loss.huber_c is the c of reconstruction_form 'per_element'; the 'paper' form uses c = 0.00054*sqrt(d): "
+         "drop huber_c or set loss.reconstruction_form=per_element"),
+        (loss.mode != "edm_diffusion" or not changed,
+         f"loss.{', loss.'.join(changed)} belong to loss.mode sfv_adversarial; edm_diffusion has no such term: drop them or use sfv_adversarial"),
+        (loss.mode != "sfv_adversarial" or config.run.mixed_precision != "fp16",
+         "run.mixed_precision fp16 is refused with loss.mode sfv_adversarial (its two optimisers would share one "
+         "GradScaler and clip still-scaled gradients): use bf16 (or fp32)"),
+    ]
+
+
+def cpu_advice(config: TrainConfig) -> str | None:
+    """One loud line for a CPU run with the shipped (GPU) settings that make it slow, or None."""
+    changes = [
+        ("run.mixed_precision=fp32", config.run.mixed_precision != "fp32"),
+        ("optim.gradient_accumulation=1", config.optim.gradient_accumulation > 1),
+        ("data.latent_cache=FOLDER", not config.data.latent_cache),
+        ("run.gradient_checkpointing=false", config.run.gradient_checkpointing),
+    ]
+    wanted = [change for change, needed in changes if needed]
+    if not wanted:
+        return None
+    return ("TRAINING ON THE CPU with GPU settings, which are many times slower here: set " + ", ".join(wanted)
+            + " (configs/quickstart_cpu.yaml has them)")
 
 
 def _field_types(section_type: type) -> dict[str, typing.Any]:

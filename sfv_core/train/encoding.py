@@ -19,6 +19,7 @@ from ..errors import InputError
 from ..models import VAE_SCALING_FACTOR
 from ..sampling import Conditioning
 from .data import Source, VideoClipDataset, item_rng
+from .motion import augment_per_clip, motion_buckets, sampled_augmentation
 
 log = logging.getLogger("sfv_core.train")
 
@@ -38,12 +39,15 @@ def encode_clips(model, frames: torch.Tensor, data_cfg, generator: torch.Generat
     raw = torch.cat([vae.encode(chunk.to(param.device, param.dtype)).latent_dist.mode().float() for chunk in flat.split(VAE_FRAMES_PER_PASS)])
     latents = (raw * VAE_SCALING_FACTOR).reshape(clips, num_frames, *raw.shape[1:])
     first = frames[:, 0]
-    cond = Conditioning(
-        image_embeds=clip_image_embeds(model.image_encoder, first).float(),
-        image_latent=encode_image_latent(vae, first, data_cfg.augmentation, generator),
-        added_time_ids=time_ids(data_cfg.fps, data_cfg.motion_bucket_id, data_cfg.augmentation, clips, device=param.device),
-        num_frames=num_frames,
-    )
+    if data_cfg.conditioning == "per_clip":
+        augmentation = sampled_augmentation(clips, data_cfg.augmentation_p_mean, data_cfg.augmentation_p_std, generator)
+        image_latent = encode_image_latent(vae, augment_per_clip(first, augmentation, generator), 0.0, None)
+        motion = motion_buckets(frames, data_cfg.motion_full_scale)
+        ids = torch.stack([torch.full((clips,), data_cfg.fps - 1.0), motion, augmentation], dim=1).to(param.device)
+    else:
+        image_latent = encode_image_latent(vae, first, data_cfg.augmentation, generator)
+        ids = time_ids(data_cfg.fps, data_cfg.motion_bucket_id, data_cfg.augmentation, clips, device=param.device)
+    cond = Conditioning(image_embeds=clip_image_embeds(model.image_encoder, first).float(), image_latent=image_latent, added_time_ids=ids, num_frames=num_frames)
     return latents, cond
 
 
@@ -59,6 +63,8 @@ def batch_inputs(batch: dict, model, data_cfg, generator: torch.Generator, devic
 def cache_settings(data_cfg) -> dict:
     """What a cache was built with; a cache built differently must not be reused silently."""
     keys = ("num_frames", "fps", "width", "height", "frame_folder_fps", "motion_bucket_id", "augmentation", "cache_clips_per_video")
+    if data_cfg.conditioning == "per_clip":  # only then, so caches built before the switch stay valid
+        keys += ("conditioning", "motion_full_scale", "augmentation_p_mean", "augmentation_p_std")
     return {key: getattr(data_cfg, key) for key in keys}
 
 

@@ -1,8 +1,9 @@
 """Noise-level draws and losses, each a short function that reads like its equation.
 
 Logits come as a list, one tensor per discriminator head, each holding one logit per
-position. Losses average positions within a head and then average the heads, so turning
-heads off (ablations) does not change the balance with the reconstruction loss.
+position. Losses average positions within a head, then average the heads (`mean`, the
+default: turning heads off in ablations keeps the balance with the reconstruction loss) or
+sum them (`sum`, as ADD sums its heads; 8x the mean with all 8 heads). The paper states neither.
 """
 
 from __future__ import annotations
@@ -37,19 +38,25 @@ def edm_sigmas(clips: int, p_mean: float, p_std: float, generator: torch.Generat
     return torch.exp(p_mean + p_std * torch.randn(clips, generator=generator)).to(device)
 
 
-def _mean_over_heads(values: list[torch.Tensor]) -> torch.Tensor:
-    return torch.stack(values).mean()
+HEAD_REDUCTIONS = ("mean", "sum")
+RECONSTRUCTION_FORMS = ("paper", "per_element")
+ICT_C_PER_SQRT_DIM = 0.00054  # iCT (Song & Dhariwal 2023): c = 0.00054 sqrt(d)
 
 
-def hinge_discriminator(real_logits: list[torch.Tensor], fake_logits: list[torch.Tensor]) -> torch.Tensor:
+def _over_heads(values: list[torch.Tensor], reduction: str = "mean") -> torch.Tensor:
+    stacked = torch.stack(values)
+    return stacked.sum() if reduction == "sum" else stacked.mean()
+
+
+def hinge_discriminator(real_logits: list[torch.Tensor], fake_logits: list[torch.Tensor], reduction: str = "mean") -> torch.Tensor:
     """E[relu(1 - D(real))] + E[relu(1 + D(fake))], per position."""
     terms = [torch.relu(1 - r.float()).mean() + torch.relu(1 + f.float()).mean() for r, f in zip(real_logits, fake_logits)]
-    return _mean_over_heads(terms)
+    return _over_heads(terms, reduction)
 
 
-def hinge_generator(fake_logits: list[torch.Tensor]) -> torch.Tensor:
+def hinge_generator(fake_logits: list[torch.Tensor], reduction: str = "mean") -> torch.Tensor:
     """-E[D(fake)], per position."""
-    return _mean_over_heads([-f.float().mean() for f in fake_logits])
+    return _over_heads([-f.float().mean() for f in fake_logits], reduction)
 
 
 def per_clip_score(logits: list[torch.Tensor], clips: int) -> torch.Tensor:
@@ -77,9 +84,28 @@ def approximate_r1_penalty(real_logits: list[torch.Tensor], perturbed_logits: li
     return (change / delta).pow(2).mean()
 
 
-def pseudo_huber(prediction: torch.Tensor, target: torch.Tensor, c: float) -> torch.Tensor:
-    """mean(sqrt((a - b)^2 + c^2) - c): quadratic below c, like L1 above (robust to outliers)."""
+def pseudo_huber_per_element(prediction: torch.Tensor, target: torch.Tensor, c: float) -> torch.Tensor:
+    """mean over elements of sqrt((a - b)^2 + c^2) - c: close to L1 once errors pass c.
+
+    Its gradient on each element is at most 1/d (d elements), so about sqrt(d) weaker than
+    the paper's per-clip form whose gradient per clip has norm up to 1.
+    """
     return (torch.sqrt((prediction.float() - target.float()) ** 2 + c * c) - c).mean()
+
+
+def pseudo_huber_per_clip(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """SF-V's Eq. 9, iCT's metric on the whole sample: sqrt(||a - b||^2 + c^2) - c per clip,
+    c = 0.00054 sqrt(d) with d the clip's element count; averaged over clips."""
+    squared = (prediction.float() - target.float()).pow(2).flatten(1).sum(dim=1)
+    c = ICT_C_PER_SQRT_DIM * prediction[0].numel() ** 0.5
+    return (torch.sqrt(squared + c * c) - c).mean()
+
+
+def reconstruction_loss(prediction: torch.Tensor, target: torch.Tensor, form: str, element_c: float) -> torch.Tensor:
+    """The pseudo-Huber reconstruction term in the named form (`paper` or `per_element`)."""
+    if form == "paper":
+        return pseudo_huber_per_clip(prediction, target)
+    return pseudo_huber_per_element(prediction, target, element_c)
 
 
 def edm_loss(x0_prediction: torch.Tensor, x0: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:

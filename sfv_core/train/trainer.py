@@ -26,6 +26,8 @@ import torch
 
 from ..models import SVDModel
 from ..sampling import Conditioning, denoise
+from .config import cpu_advice
+from .diagnostics import GradientProbe, accuracy_parts, finish_accuracies
 from .discriminator import DiscriminatorHeads, FrozenUNetEncoder
 from .ema import EMA
 from .loop import PRECISION_DTYPES, RunTrainer
@@ -38,7 +40,7 @@ from .losses import (
     generator_sigmas,
     hinge_discriminator,
     hinge_generator,
-    pseudo_huber,
+    reconstruction_loss,
     r1_penalty,
     randn,
 )
@@ -57,6 +59,8 @@ def per_clip(values: torch.Tensor) -> torch.Tensor:
 class Trainer(RunTrainer):
     def build(self) -> list:
         cfg = self.cfg
+        if self.device.type == "cpu" and (advice := cpu_advice(cfg)):
+            log.warning(advice)
         self.adversarial = cfg.loss.mode == "sfv_adversarial"
         self._build_networks()
         self._build_optimizers()
@@ -76,8 +80,10 @@ class Trainer(RunTrainer):
         unet = model.unet
         self.encoder = self.heads = None
         if self.adversarial:
-            # A copy of the ORIGINAL UNet's encoder half, taken before G changes.
-            self.encoder = FrozenUNetEncoder(unet).to(self.device, frozen_dtype)
+            # A copy of the ORIGINAL UNet's encoder half, taken before G changes. Kept in fp32 for
+            # approximate R1, whose passes run in fp32 (autocast still runs the others in bf16).
+            fp32_r1 = cfg.loss.r1_weight > 0 and cfg.loss.r1_mode == "approximate"
+            self.encoder = FrozenUNetEncoder(unet).to(self.device, torch.float32 if fp32_r1 else frozen_dtype)
             self.heads = DiscriminatorHeads(
                 self.encoder.channels,
                 image_embed_dim=unet.config.cross_attention_dim,
@@ -119,28 +125,36 @@ class Trainer(RunTrainer):
         fake_noise = randn(latents.shape, noise, self.device)
         with self.accelerator.autocast():
             x0 = denoise(self.generator, noisy, sigma, cond)
-            fake_noisy = x0 + per_clip(sigma_fake) * fake_noise
+            # Each term reads its own hooked view of x0: the backward reports their gradient norms.
+            self.x0_probe = GradientProbe()
+            fake_noisy = self.x0_probe.watch("adversarial", x0) + per_clip(sigma_fake) * fake_noise
             self.heads.requires_grad_(False)  # G's loss must not train the heads
             try:
-                adversarial = hinge_generator(self.discriminate(fake_noisy, sigma_fake, cond))
+                adversarial = hinge_generator(self.discriminate(fake_noisy, sigma_fake, cond), loss_cfg.head_reduction)
             finally:
                 self.heads.requires_grad_(True)
-            reconstruction = pseudo_huber(x0, latents, loss_cfg.huber_c)
+            reconstruction = reconstruction_loss(self.x0_probe.watch("reconstruction", x0), latents, loss_cfg.reconstruction_form, loss_cfg.huber_c)
         loss = loss_cfg.adversarial_weight * adversarial + loss_cfg.reconstruction_weight * reconstruction
         parts = {"loss_g": loss.item(), "g_adversarial": adversarial.item(), "g_reconstruction": reconstruction.item()}
-        return loss, parts, {"fake_noisy": fake_noisy.detach(), "sigma_fake": sigma_fake}
+        return loss, parts, {"fake_noisy": fake_noisy.detach(), "sigma_fake": sigma_fake, "sigma_generator": sigma}
 
-    def discriminator_loss(self, latents: torch.Tensor, cond: Conditioning, fake_noisy: torch.Tensor, sigma_fake: torch.Tensor, with_r1: bool):
-        """Hinge loss of the heads on real vs generated (+ lazy R1). Returns (loss, parts, real input)."""
+    def discriminator_loss(self, latents: torch.Tensor, cond: Conditioning, fake_noisy: torch.Tensor, sigma_fake: torch.Tensor, with_r1: bool,
+                           sigma_generator: torch.Tensor | None = None):
+        """Hinge loss of the heads on real vs generated (+ lazy R1). Returns (loss, parts, real input).
+        With the generator's input levels, parts also count per-clip accuracy per level."""
         loss_cfg, noise, clips = self.cfg.loss, self.progress.noise, latents.shape[0]
         sigma_real = discriminator_sigmas(clips, loss_cfg.disc_p_mean, loss_cfg.disc_p_std, loss_cfg.disc_levels, noise, self.device)
         exact_r1 = with_r1 and loss_cfg.r1_mode == "exact"
         real_noisy = (latents + per_clip(sigma_real) * randn(latents.shape, noise, self.device)).requires_grad_(exact_r1)
         with self.accelerator.autocast():
-            real_logits = self.discriminate(real_noisy, sigma_real, cond, features_grad=exact_r1)
+            # A finite-difference R1 compares two real passes: both in fp32 (see `r1`).
+            with self.full_precision() if with_r1 and not exact_r1 else nullcontext():
+                real_logits = self.discriminate(real_noisy, sigma_real, cond, features_grad=exact_r1)
             fake_logits = self.discriminate(fake_noisy, sigma_fake, cond, features_grad=False)
-            loss = hinge_discriminator(real_logits, fake_logits)
+            loss = hinge_discriminator(real_logits, fake_logits, loss_cfg.head_reduction)
             parts = {"loss_d": loss.item(), "d_real": torch.stack([l.float().mean() for l in real_logits]).mean().item(), "d_fake": torch.stack([l.float().mean() for l in fake_logits]).mean().item()}
+            if sigma_generator is not None:
+                parts.update(accuracy_parts(real_logits, fake_logits, sigma_generator, loss_cfg.generator_levels))
             if with_r1:
                 r1 = self.r1(real_logits, real_noisy, sigma_real, cond)
                 # Lazy regularisation: applied every r1_interval steps, so scaled by it.
@@ -153,9 +167,18 @@ class Trainer(RunTrainer):
         loss_cfg = self.cfg.loss
         if loss_cfg.r1_mode == "exact":
             return r1_penalty(real_logits, real_noisy)
-        perturbed = real_noisy.detach() + loss_cfg.r1_delta * randn(real_noisy.shape, self.progress.noise, self.device)
-        perturbed_logits = self.discriminate(perturbed, sigma_real, cond, features_grad=False)
-        return approximate_r1_penalty(real_logits, perturbed_logits, loss_cfg.r1_delta, real_noisy.shape[0])
+        direction = randn(real_noisy.shape, self.progress.noise, self.device)
+        return approximate_r1_penalty(real_logits, self.perturbed_logits(real_noisy, sigma_real, cond, direction), loss_cfg.r1_delta, real_noisy.shape[0])
+
+    def perturbed_logits(self, real_noisy: torch.Tensor, sigma_real: torch.Tensor, cond: Conditioning, direction: torch.Tensor) -> list[torch.Tensor]:
+        """D(x + delta*n) in fp32, like the real pass it is compared with: dividing the difference by
+        delta^2 = 1e-4 amplifies bf16 rounding of the logits (it biased R1 about 6x high)."""
+        with self.full_precision():
+            return self.discriminate(real_noisy.detach() + self.cfg.loss.r1_delta * direction, sigma_real, cond, features_grad=False)
+
+    def full_precision(self):
+        """Autocast off: fp32 compute (the frozen encoder is kept in fp32 when approximate R1 runs)."""
+        return torch.autocast(device_type=self.device.type, enabled=False)
 
     def diffusion_loss(self, latents: torch.Tensor, cond: Conditioning) -> tuple[torch.Tensor, dict]:
         """EDM's denoising loss at lognormal levels (SVD's pretraining objective)."""
@@ -183,10 +206,11 @@ class Trainer(RunTrainer):
             loss_g, parts, fake = self.generator_loss(latents, cond)
             self.accelerator.backward(loss_g * scale)
             del loss_g
+            parts["grad_x0_adversarial_over_reconstruction"] = self.x0_probe.ratio("adversarial", "reconstruction")
         with_r1 = self.r1_due()
         # Exact R1 differentiates a gradient: fused attention kernels have no double backward.
         with self._math_attention() if with_r1 and self.cfg.loss.r1_mode == "exact" else nullcontext():
-            loss_d, d_parts, _ = self.discriminator_loss(latents, cond, fake["fake_noisy"], fake["sigma_fake"], with_r1)
+            loss_d, d_parts, _ = self.discriminator_loss(latents, cond, fake["fake_noisy"], fake["sigma_fake"], with_r1, fake["sigma_generator"])
             self.accelerator.backward(loss_d * scale)
         return {**parts, **d_parts}
 
@@ -229,7 +253,7 @@ class Trainer(RunTrainer):
         if self.adversarial:
             totals["r1_last"] = self.last_r1
         self.optimizer_step()
-        return dict(totals)
+        return finish_accuracies(dict(totals))
 
     # ---- the run ------------------------------------------------------------------------
 
