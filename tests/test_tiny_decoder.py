@@ -7,12 +7,7 @@ from sfv_core.errors import CheckpointError, InputError
 from sfv_core.models import TINY, build_random_model
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def random_decoder(config=tiny.TEST_CONFIG, seed=0):

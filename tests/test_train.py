@@ -42,14 +42,7 @@ def write_video(path, frames, codec="mpeg4", rate=20):
             container.mux(packet)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models gain nothing from threads, and idle OpenMP threads spinning on a shared
-    2-core machine made this file 10x slower whenever other processes were busy."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")

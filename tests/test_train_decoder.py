@@ -11,12 +11,7 @@ from sfv_core.train.decoder import DECODER_FILE, DecoderTrainConfig, DecoderTrai
 from sfv_core.train.losses import decoder_distillation_losses
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")
