@@ -34,8 +34,9 @@ def carried_latents(latent, frames, latent_channels: int):
 
 class SFVExtendClip:
     DESCRIPTION = (
-        "Makes a clip longer with more one-step SF-V clips. Each new clip is conditioned on the clip's last frame; its first "
-        "'overlap' frames start from the clip's last ones re-noised to 'overlap_denoise', and the overlap is cross-faded. "
+        "Makes a clip longer with more one-step SF-V clips. Each new clip is conditioned on a frame of the clip (see "
+        "condition_frame); its first 'overlap' frames start from the clip's last ones re-noised to 'overlap_denoise', and "
+        "the overlap is cross-faded. "
         "Chain several to build long videos: frames -> clip, latent -> latent."
     )
     CATEGORY = "SF-V"
