@@ -146,6 +146,19 @@ def test_encoder_sees_what_the_unet_sees_in_denoise():
     assert len(features) == 4 and all(torch.allclose(a, b, atol=1e-5) for a, b in zip(features, seen))
 
 
+def test_features_before_downsample_are_read_at_twice_the_resolution():
+    unet = build_random_model(TINY).unet
+    cond, x, sigma = tiny_cond(), torch.randn(2, FRAMES, 4, 6, 8), torch.tensor([0.5, 30.0])
+    with torch.no_grad():
+        before = FrozenUNetEncoder(unet, "before_downsample")(x, sigma, cond)
+        after = FrozenUNetEncoder(unet)(x, sigma, cond)
+    assert [tuple(f.shape[-2:]) for f in after] == [(3, 4), (2, 2), (1, 1), (1, 1)]
+    assert [tuple(f.shape[-2:]) for f in before] == [(6, 8), (3, 4), (2, 2), (1, 1)]
+    assert torch.allclose(before[-1], after[-1])  # the last block has no downsampler
+    with pytest.raises(ValueError, match="before_downsample"):
+        FrozenUNetEncoder(unet, "mid")
+
+
 @pytest.mark.parametrize("kind,count", [("both", 8), ("spatial", 4), ("temporal", 4)])
 def test_head_ablations(kind, count):
     encoder = FrozenUNetEncoder(build_random_model(TINY).unet)

@@ -117,6 +117,12 @@ class LossConfig:
 @dataclass
 class DiscriminatorConfig:
     heads: str = doc("Which heads run after each of the 4 down blocks: 'both', 'spatial' or 'temporal' (ablations).", "both")
+    features: str = doc(
+        "Where the heads read each down block: 'block_output' (after its downsampler) or 'before_downsample' (its last "
+        "layer before the downsampler: 2x the resolution on the first three levels, for small clips whose block outputs "
+        "shrink to 1x1). Not given by the paper.",
+        "block_output",
+    )
     head_channels: int = doc("Width of every head (not given by the paper).", 256)
     cond_channels: int = doc("Width of the condition embedding (image embedding, noise level, frame index) the heads project with.", 256)
 
@@ -169,6 +175,7 @@ class TrainConfig:
             (self.loss.r1_mode in R1_MODES, f"loss.r1_mode must be one of {R1_MODES}"),
             (self.loss.r1_interval >= 1 and self.loss.r1_delta > 0, "loss.r1_interval must be >= 1 and loss.r1_delta > 0"),
             (self.discriminator.heads in ("both", "spatial", "temporal"), "discriminator.heads must be both, spatial or temporal"),
+            (self.discriminator.features in ("block_output", "before_downsample"), "discriminator.features must be block_output or before_downsample"),
         ]
         return raise_failed(checks + recipe_checks(self), self)
 

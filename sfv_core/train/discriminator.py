@@ -23,6 +23,9 @@ from torch import nn
 from ..sampling import Conditioning, unet_input
 
 HEAD_KINDS = ("both", "spatial", "temporal")
+# Where each down block's features are read: its output (after its downsampler), or its last
+# layer's output before the downsampler (twice the resolution on the first three levels).
+FEATURE_POINTS = ("block_output", "before_downsample")
 EMBED_WIDTH = 64  # sinusoidal width for the noise level and the frame index
 
 
@@ -33,8 +36,11 @@ class FrozenUNetEncoder(nn.Module):
     generator's adversarial loss and the R1 penalty need them).
     """
 
-    def __init__(self, unet: nn.Module):
+    def __init__(self, unet: nn.Module, feature_point: str = "block_output"):
         super().__init__()
+        if feature_point not in FEATURE_POINTS:
+            raise ValueError(f"discriminator features must be read at one of {FEATURE_POINTS}, got {feature_point!r}")
+        self.feature_point = feature_point
         for name in ("conv_in", "time_proj", "time_embedding", "add_time_proj", "add_embedding", "down_blocks"):
             setattr(self, name, copy.deepcopy(getattr(unet, name)))
         self.channels = [block.resnets[-1].spatial_res_block.out_channels for block in self.down_blocks]
@@ -60,8 +66,9 @@ class FrozenUNetEncoder(nn.Module):
             kwargs = dict(hidden_states=hidden, temb=emb, image_only_indicator=image_only_indicator)
             if getattr(block, "has_cross_attention", False):
                 kwargs["encoder_hidden_states"] = context
-            hidden, _ = block(**kwargs)
-            features.append(hidden)
+            hidden, states = block(**kwargs)
+            downsampled = getattr(block, "downsamplers", None) is not None
+            features.append(states[-2] if downsampled and self.feature_point == "before_downsample" else hidden)
         return features
 
 

@@ -83,7 +83,7 @@ class Trainer(RunTrainer):
             # A copy of the ORIGINAL UNet's encoder half, taken before G changes. Kept in fp32 for
             # approximate R1, whose passes run in fp32 (autocast still runs the others in bf16).
             fp32_r1 = cfg.loss.r1_weight > 0 and cfg.loss.r1_mode == "approximate"
-            self.encoder = FrozenUNetEncoder(unet).to(self.device, torch.float32 if fp32_r1 else frozen_dtype)
+            self.encoder = FrozenUNetEncoder(unet, cfg.discriminator.features).to(self.device, torch.float32 if fp32_r1 else frozen_dtype)
             self.heads = DiscriminatorHeads(
                 self.encoder.channels,
                 image_embed_dim=unet.config.cross_attention_dim,
