@@ -43,6 +43,20 @@ class ModelConfig:
         "(a TESTING AID: nothing it trains is useful).",
         "",
     )
+    adapter: str = doc(
+        "'full': every UNet weight trains (the paper's recipe). 'lora': the UNet is frozen and PEFT LoRA adapters on "
+        "lora_targets train; the discriminator's encoder shares the frozen base (adapters off), so one UNet is in memory. "
+        "Exports export/sfv_lora.safetensors (ComfyUI's LoRA key layout, for LoraLoaderModelOnly or generate --sfv-lora).",
+        "full",
+    )
+    lora_rank: int = doc("lora only: rank of every adapter.", 32)
+    lora_alpha: float = doc("lora only: alpha; the adapter's update is scaled by alpha / rank.", 32.0)
+    lora_targets: list = doc(
+        "lora only: layers that get adapters. Groups: attention (q, k, v, out of spatial and temporal attention), "
+        "feed_forward (their feed-forwards), spatial_resnets, temporal_resnets (the resnets' convs); or regexes over module names.",
+        factory=lambda: ["attention", "feed_forward"],
+    )
+    lora_dropout: float = doc("lora only: dropout on the adapters' input (PEFT's lora_dropout).", 0.0)
 
 
 @dataclass
@@ -177,7 +191,7 @@ class TrainConfig:
             (self.discriminator.heads in ("both", "spatial", "temporal"), "discriminator.heads must be both, spatial or temporal"),
             (self.discriminator.features in ("block_output", "before_downsample"), "discriminator.features must be block_output or before_downsample"),
         ]
-        return raise_failed(checks + recipe_checks(self), self)
+        return raise_failed(checks + recipe_checks(self) + adapter_checks(self.model), self)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -254,6 +268,26 @@ def recipe_checks(config: TrainConfig) -> list[tuple[bool, str]]:
         (loss.mode != "sfv_adversarial" or config.run.mixed_precision != "fp16",
          "run.mixed_precision fp16 is refused with loss.mode sfv_adversarial (its two optimisers would share one "
          "GradScaler and clip still-scaled gradients): use bf16 (or fp32)"),
+    ]
+
+
+def adapter_checks(model: ModelConfig) -> list[tuple[bool, str]]:
+    """LoRA settings: their ranges, and that they go with model.adapter lora."""
+    from .adapters import ADAPTERS
+
+    defaults = ModelConfig()
+    lora_fields = ("lora_rank", "lora_alpha", "lora_targets", "lora_dropout")
+    changed = [name for name in lora_fields if getattr(model, name) != getattr(defaults, name)]
+    targets = model.lora_targets
+    return [
+        (model.adapter in ADAPTERS, f"model.adapter must be one of {ADAPTERS}, got {model.adapter!r}"),
+        (model.adapter == "lora" or not changed,
+         f"model.{', model.'.join(changed)} belong to model.adapter lora; the full recipe trains every weight: drop them or set model.adapter=lora"),
+        (isinstance(model.lora_rank, int) and model.lora_rank >= 1, f"model.lora_rank must be a whole number >= 1, got {model.lora_rank!r}"),
+        (model.lora_alpha > 0, f"model.lora_alpha must be > 0, got {model.lora_alpha}"),
+        (0.0 <= model.lora_dropout < 1.0, f"model.lora_dropout must be in [0, 1), got {model.lora_dropout}"),
+        (isinstance(targets, list) and bool(targets) and all(isinstance(t, str) and t for t in targets),
+         "model.lora_targets must be a non-empty list of group names or regexes"),
     ]
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import copy
 import math
+from contextlib import nullcontext
 
 import torch
 from torch import nn
@@ -30,19 +31,28 @@ EMBED_WIDTH = 64  # sinusoidal width for the noise level and the frame index
 
 
 class FrozenUNetEncoder(nn.Module):
-    """conv_in, embeddings and down blocks of a UNetSpatioTemporalConditionModel (deep copies).
+    """conv_in, embeddings and down blocks of a UNetSpatioTemporalConditionModel: deep copies, or
+    with `base_context` the UNet's own modules, run inside that context (LoRA training: the
+    adapters off, so it sees the base weights; they are not registered here, so this module
+    neither moves, freezes, switches to eval mode nor saves them).
 
     Frozen: no parameter is trainable, but gradients flow through it to its input (the
     generator's adversarial loss and the R1 penalty need them).
     """
 
-    def __init__(self, unet: nn.Module, feature_point: str = "block_output"):
+    PARTS = ("conv_in", "time_proj", "time_embedding", "add_time_proj", "add_embedding", "down_blocks")
+
+    def __init__(self, unet: nn.Module, feature_point: str = "block_output", base_context=None):
         super().__init__()
         if feature_point not in FEATURE_POINTS:
             raise ValueError(f"discriminator features must be read at one of {FEATURE_POINTS}, got {feature_point!r}")
         self.feature_point = feature_point
-        for name in ("conv_in", "time_proj", "time_embedding", "add_time_proj", "add_embedding", "down_blocks"):
-            setattr(self, name, copy.deepcopy(getattr(unet, name)))
+        self.base_context = base_context or nullcontext
+        for name in self.PARTS:
+            if base_context is None:
+                setattr(self, name, copy.deepcopy(getattr(unet, name)))
+            else:
+                vars(self)[name] = getattr(unet, name)  # a plain attribute: shared, not a submodule
         self.channels = [block.resnets[-1].spatial_res_block.out_channels for block in self.down_blocks]
         self.requires_grad_(False).train(False)
 
@@ -51,6 +61,10 @@ class FrozenUNetEncoder(nn.Module):
 
     def forward(self, x: torch.Tensor, sigma: torch.Tensor, cond: Conditioning) -> list[torch.Tensor]:
         """Features (B*T, C_i, H_i, W_i) after each down block for latents x (B, T, 4, h, w)."""
+        with self.base_context():
+            return self._features(x, sigma, cond)
+
+    def _features(self, x: torch.Tensor, sigma: torch.Tensor, cond: Conditioning) -> list[torch.Tensor]:
         sample, c_noise = unet_input(x, sigma, cond)
         dtype = self.conv_in.weight.dtype
         batch, frames = sample.shape[:2]

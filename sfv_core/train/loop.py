@@ -107,6 +107,7 @@ class RunTrainer:
         self.run_dir = Path(cfg.run.output_dir)
         # Same seed on every process: replicated networks must start identical.
         torch.manual_seed(cfg.run.seed)
+        self.check_before_load()
         self.model = load_base_model(cfg.model.path)
         states = self.build()
         self.progress = Progress(cfg.run.seed, self.accelerator.process_index)
@@ -119,6 +120,12 @@ class RunTrainer:
         """Make the networks and optimisers; return the extra objects to checkpoint, by name
         (each with state_dict / load_state_dict)."""
         raise NotImplementedError
+
+    def check_before_load(self) -> None:
+        """Settings that need the checkpoint's header (not its weights), checked before it loads."""
+
+    def check_checkpoint(self, folder: Path) -> None:
+        """Refuse a checkpoint this config cannot resume, before anything of it loads."""
 
     def train_step(self) -> dict:
         """One optimiser step (advances self.progress.step); returns the losses to log."""
@@ -236,6 +243,7 @@ class RunTrainer:
         folder = broadcast_object_list(chosen)[0] if acc.num_processes > 1 else chosen[0]
         if folder is None:
             return False
+        self.check_checkpoint(folder)
         try:
             check_rng_states(folder, acc.process_index)
             acc.load_state(str(folder))

@@ -71,3 +71,12 @@ def load_state(folder: str | Path, objects: dict) -> None:
         raise CheckpointError(f"cannot read the trainer state in {folder} ({type(error).__name__}: {error}).") from None
     for name, obj in objects.items():
         obj.load_state_dict(states[name])
+
+
+def read_entry(folder: str | Path, name: str):
+    """The JSON part of one object's saved state (tensors left as references), or None when it was not saved."""
+    try:
+        tree = json.loads((Path(folder) / JSON_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as error:
+        raise CheckpointError(f"cannot read the trainer state in {folder} ({type(error).__name__}: {error}).") from None
+    return tree.get(name) if isinstance(tree, dict) else None

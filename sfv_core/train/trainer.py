@@ -24,10 +24,12 @@ from pathlib import Path
 
 import torch
 
+from ..errors import InputError
 from ..models import SVDModel
 from ..sampling import Conditioning, denoise
 from .config import cpu_advice
 from .diagnostics import GradientProbe, accuracy_parts, finish_accuracies
+from .adapters import LoraAdapters, describe
 from .discriminator import DiscriminatorHeads, FrozenUNetEncoder
 from .ema import EMA
 from .loop import PRECISION_DTYPES, RunTrainer
@@ -48,6 +50,7 @@ from .losses import (
 log = logging.getLogger("sfv_core.train")
 
 UNET_FILE = "sfv_unet.safetensors"
+LORA_FILE = "sfv_lora.safetensors"
 SINGLE_FILE = "sfv_svd_single_file.safetensors"
 
 
@@ -64,10 +67,40 @@ class Trainer(RunTrainer):
         self.adversarial = cfg.loss.mode == "sfv_adversarial"
         self._build_networks()
         self._build_optimizers()
-        self.ema = EMA(self.generator.parameters(), cfg.optim.ema_decay)
+        self.ema = EMA(self.trained_parameters(), cfg.optim.ema_decay)
         self.last_cond: Conditioning | None = None
         self.last_r1 = float("nan")
-        return {**({"heads": self.heads} if self.adversarial else {}), "ema": self.ema}
+        return {**({"heads": self.heads} if self.adversarial else {}), "ema": self.ema, **({"adapters": self.adapters} if self.adapters else {})}
+
+    def check_before_load(self) -> None:
+        """LoRA targets and rank, resolved on the architecture the checkpoint's header describes."""
+        if self.cfg.model.adapter == "lora":
+            from ..models import TINY
+            from .adapters import check_model_targets
+            from .config import TINY_RANDOM
+
+            path = self.cfg.model.path
+            if path == TINY_RANDOM:
+                config = TINY.unet
+            else:
+                from ..checkpoints import inspect_full_model
+
+                config = inspect_full_model(path).unet_config
+            check_model_targets(self.cfg.model, config)
+
+    def check_checkpoint(self, folder: Path) -> None:
+        """A checkpoint of a LoRA run resumes only as that LoRA run, and a full one only as a full one."""
+        from .state import read_entry
+
+        saved = read_entry(folder, "adapters")
+        saved_spec = {k: v for k, v in saved.items() if k != "weights"} if saved else None
+        current = self.adapters.spec if self.adapters else None
+        if saved_spec != current:
+            raise InputError(f"the checkpoint in {folder} was trained with {describe(saved_spec)}, the config says {describe(current)}: "
+                             "set the checkpoint's model settings to resume it, or point run.output_dir at a new folder")
+
+    def trained_parameters(self) -> list[torch.nn.Parameter]:
+        return [p for p in self.generator.parameters() if p.requires_grad]
 
     def vae_needed_after_cache(self) -> bool:
         return self.cfg.run.preview_every > 0
@@ -78,12 +111,24 @@ class Trainer(RunTrainer):
         cfg, model = self.cfg, self.model
         frozen_dtype = PRECISION_DTYPES[cfg.run.mixed_precision]
         unet = model.unet
-        self.encoder = self.heads = None
-        if self.adversarial:
+        self.encoder = self.heads = self.adapters = None
+        lora = cfg.model.adapter == "lora"
+        # LoRA: the encoder shares the frozen base (adapters off while it runs), except under
+        # FSDP, whose sharded root weights only its own forward gathers: there it is a copy.
+        shared = lora and not self._fsdp()
+        if self.adversarial and not shared:
             # A copy of the ORIGINAL UNet's encoder half, taken before G changes. Kept in fp32 for
             # approximate R1, whose passes run in fp32 (autocast still runs the others in bf16).
             fp32_r1 = cfg.loss.r1_weight > 0 and cfg.loss.r1_mode == "approximate"
             self.encoder = FrozenUNetEncoder(unet, cfg.discriminator.features).to(self.device, torch.float32 if fp32_r1 else frozen_dtype)
+        if lora:
+            self.adapters = LoraAdapters(unet, cfg.model)
+            log.info("LoRA: %s on %d layers, %d trainable parameters", describe(self.adapters.spec), len(self.adapters.layers),
+                     sum(p.numel() for p in self.adapters.parameters()))
+        if self.adversarial and shared:
+            # The base stays float32 (it is the generator's too), as approximate R1's passes need.
+            self.encoder = FrozenUNetEncoder(unet, cfg.discriminator.features, base_context=self.adapters.off)
+        if self.adversarial:
             self.heads = DiscriminatorHeads(
                 self.encoder.channels,
                 image_embed_dim=unet.config.cross_attention_dim,
@@ -91,23 +136,46 @@ class Trainer(RunTrainer):
                 cond_width=cfg.discriminator.cond_channels,
                 kind=cfg.discriminator.heads,
             ).to(self.device)
-        unet.requires_grad_(True).train()
+        if not lora:
+            unet.requires_grad_(True)
+        unet.train()
         if cfg.run.gradient_checkpointing:
-            for network in (unet, self.encoder):
-                if network is not None:
-                    enable_activation_checkpointing(network)
+            enable_activation_checkpointing(unet, *([self.adapters.recompute] if lora else []))
+            if self.encoder is not None and not shared:
+                enable_activation_checkpointing(self.encoder)
         on_the_fly = not cfg.data.latent_cache
         self.place_encoders(vae=on_the_fly or cfg.run.preview_every > 0, image_encoder=on_the_fly)
 
     def _build_optimizers(self) -> None:
         o = self.cfg.optim
         betas = (o.beta1, o.beta2)
-        opt_g = torch.optim.AdamW(self.model.unet.parameters(), lr=o.lr_generator, betas=betas, weight_decay=o.weight_decay)
+        trained = [p for p in self.model.unet.parameters() if p.requires_grad]
+        opt_g = torch.optim.AdamW(trained, lr=o.lr_generator, betas=betas, weight_decay=o.weight_decay)
         self.generator, self.opt_g = self.accelerator.prepare(self.model.unet, opt_g)
+        if self.adapters and not self._fsdp():
+            # The adapter weights are saved with the trainer's own state; the frozen base is
+            # the base file, so accelerate neither writes nor reads the UNet's weights.
+            self.accelerator.register_save_state_pre_hook(self._drop_generator_weights)
+            self.accelerator.register_load_state_pre_hook(self._skip_generator_weights)
         self.opt_d = None
         if self.adversarial:
             opt_d = torch.optim.AdamW(self.heads.parameters(), lr=o.lr_discriminator, betas=betas, weight_decay=o.weight_decay)
             self.opt_d = self.accelerator.prepare(opt_d)
+
+    def _fsdp(self) -> bool:
+        from accelerate.utils import DistributedType
+
+        return self.accelerator.distributed_type == DistributedType.FSDP
+
+    def _drop_generator_weights(self, models, weights, output_dir) -> None:
+        for index, model in enumerate(models):
+            if model is self.generator and index < len(weights):
+                weights.pop(index)
+                return
+
+    def _skip_generator_weights(self, models, input_dir) -> None:
+        if self.generator in models:
+            models.remove(self.generator)
 
     # ---- losses -------------------------------------------------------------------------
 
@@ -223,7 +291,7 @@ class Trainer(RunTrainer):
     def optimizer_step(self) -> None:
         acc, clip = self.accelerator, self.cfg.optim.grad_clip
         if clip > 0:
-            acc.clip_grad_norm_(self.generator.parameters(), clip)  # also unscales fp16 gradients
+            acc.clip_grad_norm_(self.trained_parameters(), clip)  # also unscales fp16 gradients
         self.opt_g.step()
         self.opt_g.zero_grad(set_to_none=True)
         if self.adversarial:
@@ -278,22 +346,25 @@ class Trainer(RunTrainer):
             self.preview()
 
     def export(self, folder: str | Path | None = None) -> list[Path]:
-        """The EMA generator as an SF-V UNet file (and optionally inside a full SVD single file)."""
+        """The EMA generator as an SF-V UNet file, or in LoRA mode as a LoRA file (either optionally
+        also inside a full SVD single file)."""
         from ..checkpoints import save_single_file, save_unet_file
 
         acc = self.accelerator
         folder = Path(folder) if folder else self.run_dir / "export"
+        keep = (lambda key: ".lora_" in key) if self.adapters else (lambda key: True)
         with self.ema.swapped_in():
             # Gathers shards under FSDP (every process calls it); copied before the live weights return.
-            state = {k: v.detach().to("cpu", copy=True) for k, v in acc.get_state_dict(self.generator).items()}
+            state = {k: v.detach().to("cpu", copy=True) for k, v in acc.get_state_dict(self.generator).items() if keep(k)}
         paths: list[Path] = []
         if acc.is_main_process:
-            live = acc.unwrap_model(self.generator)
-            unet = type(live).from_config(live.config)
-            unet.load_state_dict({k: v.float().cpu() for k, v in state.items()}, strict=True)
-            unet.train(False).requires_grad_(False)
             dtype = PRECISION_DTYPES[self.cfg.run.export_dtype]
-            paths.append(Path(save_unet_file(unet, folder / UNET_FILE, dtype=dtype)))
+            if self.adapters:
+                unet, lora_path = self._export_lora(state, folder, dtype)
+                paths.append(lora_path)
+            else:
+                unet = self._fresh_unet(state)
+                paths.append(Path(save_unet_file(unet, folder / UNET_FILE, dtype=dtype)))
             if self.cfg.run.export_single_file:
                 # The base model's VAE and image encoder, with the trained UNet (SF-V changes only the UNet).
                 full = SVDModel(unet=unet, vae=self.model.vae, image_encoder=self.model.image_encoder, native_encoder=self.model.native_encoder)
@@ -301,3 +372,24 @@ class Trainer(RunTrainer):
             log.info("exported %s", ", ".join(map(str, paths)))
         acc.wait_for_everyone()
         return paths
+
+    def _fresh_unet(self, state: dict) -> torch.nn.Module:
+        """A plain UNet of the generator's config holding `state` (float32, CPU, eval mode)."""
+        live = self.accelerator.unwrap_model(self.generator)
+        unet = type(live).from_config(live.config)
+        unet.load_state_dict({k: v.float().cpu() for k, v in state.items()}, strict=True)
+        return unet.train(False).requires_grad_(False)
+
+    def _export_lora(self, state: dict, folder: Path, dtype: torch.dtype) -> tuple[torch.nn.Module, Path]:
+        """The LoRA file, and the base UNet with it merged (for the single file), the way the pack merges it."""
+        from ..lora import merge_lora, save_lora
+
+        layers = self.adapters.lora_layers(state)
+        metadata = {"sfv_steps": str(self.progress.step), "sfv_recipe": self.cfg.loss.mode}
+        path = Path(save_lora(folder / LORA_FILE, layers, self.adapters.unet.config, metadata, dtype=dtype))
+        unet = None
+        if self.cfg.run.export_single_file:
+            base = {k.replace(".base_layer.", "."): v for k, v in self.adapters.unet.state_dict().items() if ".lora_" not in k}
+            unet = self._fresh_unet(base)
+            merge_lora(unet, layers, 1.0)
+        return unet, path
