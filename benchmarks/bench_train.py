@@ -150,10 +150,11 @@ def fused_sdpa(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False
 class CheckpointAccounting:
     """diffusers' gradient checkpointing, plus a count of what it keeps and rebuilds."""
 
-    def __init__(self, parameters):
+    def __init__(self, parameters, recompute=None):
         self.parameters = list(parameters)
         self.kept = SavedTensors(self.parameters)
         self.largest_block = 0
+        self.recompute = recompute  # the trainer's checkpoint function (LoRA: adapter-state aware)
 
     def __call__(self, module, *args):
         for arg in args:
@@ -162,29 +163,43 @@ class CheckpointAccounting:
         with SavedTensors(self.parameters) as inside:  # the block's activations, rebuilt in backward
             module(*args)
         self.largest_block = max(self.largest_block, inside.bytes)
+        if self.recompute is not None:
+            return self.recompute(module, *args)
         return torch.utils.checkpoint.checkpoint(module.__call__, *args, use_reentrant=False)
 
 
-def meta_modules(heads_width: int = 256):
+def meta_modules(heads_width: int = 256, adapter: str = "full", rank: int = 32):
+    """The full-size UNet, the discriminator's encoder and heads on the meta device. LoRA: the
+    adapters on the UNet's attention and feed-forwards (the trainer's default targets) and the
+    encoder sharing the base, as the trainer builds them."""
     from sfv_core.models import FULL, build_unet
+    from sfv_core.train.config import ModelConfig
     from sfv_core.train.discriminator import DiscriminatorHeads, FrozenUNetEncoder
 
     with torch.device("meta"):
         unet = build_unet(FULL.unet)
-    unet.to("meta", torch.bfloat16)  # a few parameters are made with legacy CPU constructors
-    encoder = FrozenUNetEncoder(unet)
+    adapters = None
+    if adapter == "lora":
+        from sfv_core.train.adapters import LoraAdapters
+
+        unet.to("meta", torch.float32)
+        adapters = LoraAdapters(unet, ModelConfig(adapter="lora", lora_rank=rank, lora_alpha=float(rank)))
+        encoder = FrozenUNetEncoder(unet, base_context=adapters.off)
+    else:
+        unet.to("meta", torch.bfloat16)  # a few parameters are made with legacy CPU constructors
+        encoder = FrozenUNetEncoder(unet)
     with torch.device("meta"):
         heads = DiscriminatorHeads(encoder.channels, 1024, heads_width, heads_width).to(torch.bfloat16)
-    return unet, encoder, heads
+    return unet, encoder, heads, adapters
 
 
-def activation_bytes(run, parameters, checkpoint_modules=()) -> dict:
+def activation_bytes(run, parameters, checkpoint_modules=(), recompute=None) -> dict:
     """Saved-for-backward bytes of `run()`, plain, then with the modules' blocks checkpointed."""
     from sfv_core.train.memory import enable_activation_checkpointing
 
     results = {}
     for checkpointing in (False, True):
-        accounting = CheckpointAccounting(parameters)
+        accounting = CheckpointAccounting(parameters, recompute)
         for module in checkpoint_modules:
             if checkpointing:
                 enable_activation_checkpointing(module, accounting)
@@ -195,17 +210,21 @@ def activation_bytes(run, parameters, checkpoint_modules=()) -> dict:
     return results
 
 
-def estimate(args) -> None:
+def step_activations(unet, encoder, heads, adapters, width: int, height: int, frames: int = 14) -> dict:
+    """Activation bytes of the G phase, the D phase with approximate R1 and with exact R1, one clip."""
     import torch.nn.functional as F
 
     from sfv_core.sampling import Conditioning, denoise
 
-    unet, encoder, heads = meta_modules()
-    frames, h, w = 14, 448 // 8, 768 // 8
-    meta = dict(device="meta", dtype=torch.bfloat16)
+    h, w = height // 8, width // 8
+    dtype = torch.bfloat16  # autocast's compute dtype
+    meta = dict(device="meta", dtype=dtype)
     cond = Conditioning(torch.empty(1, 1, 1024, **meta), torch.empty(1, 4, h, w, **meta), torch.empty(1, 3, **meta), frames)
     sigma = torch.full((1,), 700.0, device="meta")
     all_parameters = [*unet.parameters(), *encoder.parameters(), *heads.parameters()]
+    shared = not list(encoder.parameters())
+    recompute = adapters.recompute if adapters is not None else None
+    encoder_modules = () if shared else (encoder,)  # a shared encoder is checkpointed as part of the UNet
 
     def g_phase():  # G forward, re-noise, frozen encoder (grad to input), heads
         x = torch.empty(1, frames, 4, h, w, **meta)
@@ -224,53 +243,88 @@ def estimate(args) -> None:
                 features = encoder(torch.empty(1, frames, 4, h, w, **meta), sigma, cond)
             heads(features, sigma, cond)
 
-    original_sdpa = F.scaled_dot_product_attention
-    F.scaled_dot_product_attention = fused_sdpa
-    try:
-        g = activation_bytes(g_phase, all_parameters, (unet, encoder))
-        d = activation_bytes(lambda: d_phase(2), all_parameters, (encoder,))
-        d_r1 = activation_bytes(lambda: d_phase(3), all_parameters, (encoder,))
-    finally:
-        F.scaled_dot_product_attention = original_sdpa
-    r1 = activation_bytes(r1_phase, all_parameters, (encoder,))  # math attention: double backward
+    with _bf16_compute(unet):
+        original_sdpa = F.scaled_dot_product_attention
+        F.scaled_dot_product_attention = fused_sdpa
+        try:
+            g = activation_bytes(g_phase, all_parameters, (unet, *encoder_modules), recompute)
+            d_r1 = activation_bytes(lambda: d_phase(3), all_parameters, encoder_modules or (unet,), recompute)
+        finally:
+            F.scaled_dot_product_attention = original_sdpa
+        r1 = activation_bytes(r1_phase, all_parameters, encoder_modules or (unet,), recompute)  # math attention: double backward
+    return {"G phase": g, "D phase with approximate R1 (default)": d_r1, "D phase with exact R1 (math attention)": r1}
 
-    count = lambda module: sum(p.numel() for p in module.parameters())
-    trained, frozen, head_params = count(unet), count(encoder), count(heads)
-    static = {
-        "generator weights+grads+Adam m,v (fp32, 16 B/param)": 16 * trained,
-        "generator EMA (fp32)": 4 * trained,
-        "frozen encoder copy (bf16)": 2 * frozen,
-        "heads weights+grads+Adam (fp32)": 16 * head_params,
-        "VAE + CLIP in bf16 (on-the-fly encoding only; 0 with a latent cache)": 2 * (97_700_000 + 632_000_000),
+
+class _bf16_compute:
+    """Meta-device stand-in for autocast: fp32 weights of a LoRA base computed in bf16, as on a GPU."""
+
+    def __init__(self, unet):
+        self.unet, self.dtypes = unet, None
+
+    def __enter__(self):
+        self.dtypes = {name: p.dtype for name, p in self.unet.named_parameters()}
+        self.unet.to(torch.bfloat16)
+
+    def __exit__(self, *exc):
+        for name, p in self.unet.named_parameters():
+            p.data = p.data.to(self.dtypes[name])
+
+
+def static_bytes(unet, encoder, heads, adapters) -> dict:
+    count = lambda params: sum(p.numel() for p in params)
+    head_params = count(heads.parameters())
+    if adapters is None:
+        trained, frozen = count(unet.parameters()), count(encoder.parameters())
+        return {
+            "UNet: weights + grads + Adam m, v (fp32, 16 B/param)": 16 * trained,
+            "EMA of the trained weights (fp32)": 4 * trained,
+            "frozen encoder copy (bf16)": 2 * frozen,
+            "heads: weights + grads + Adam (fp32)": 16 * head_params,
+        }
+    trained = count(adapters.parameters())
+    base = count(unet.parameters()) - trained
+    return {
+        "frozen UNet base, shared with the encoder (fp32)": 4 * base,
+        "LoRA adapters: weights + grads + Adam m, v (fp32)": 16 * trained,
+        "EMA of the trained weights (fp32)": 4 * trained,
+        "heads: weights + grads + Adam (fp32)": 16 * head_params,
     }
-    sharded = static["generator weights+grads+Adam m,v (fp32, 16 B/param)"] + static["generator EMA (fp32)"]
-    replicated = static["frozen encoder copy (bf16)"] + static["heads weights+grads+Adam (fp32)"]
-    on_the_fly = static["VAE + CLIP in bf16 (on-the-fly encoding only; 0 with a latent cache)"]
-    step_peak = lambda kind, r1: max(g[kind], (r1 if r1 is not None else d_r1)[kind])
-    peaks = {
-        "DDP, latent cache, checkpointing, approximate R1": sharded + replicated + step_peak("checkpointed", None),
-        "DDP, on-the-fly encoding, checkpointing, approximate R1": sharded + replicated + on_the_fly + step_peak("checkpointed", None),
-        "DDP, latent cache, no checkpointing, approximate R1": sharded + replicated + step_peak("plain", None),
-        "DDP, latent cache, checkpointing, exact R1": sharded + replicated + step_peak("checkpointed", r1),
-        "FSDP over 8 GPUs, latent cache, checkpointing, approximate R1": sharded / 8 + replicated + step_peak("checkpointed", None),
-    }
-    report = {
-        "peak_gb per device (before allocator overhead and the CUDA context)": {k: round(v / GB, 1) for k, v in peaks.items()},
-        "parameters": {"generator": trained, "frozen_encoder": frozen, "heads": head_params},
-        "static_gb": {k: round(v / GB, 2) for k, v in static.items()},
-        "activations_gb (one clip, 14x768x448, bf16)": {
-            "G phase": {k: round(v / GB, 2) for k, v in g.items()},
-            "D phase without R1": {k: round(v / GB, 2) for k, v in d.items()},
-            "D phase with approximate R1 (default)": {k: round(v / GB, 2) for k, v in d_r1.items()},
-            "D phase with exact R1 (math attention)": {k: round(v / GB, 2) for k, v in r1.items()},
-        },
-    }
+
+
+def estimate(args) -> None:
+    on_the_fly = 2 * (97_700_000 + 632_000_000)  # VAE + CLIP in bf16, only without a latent cache
+    report = {"method": "meta device, one clip of 14 frames per device, bf16 activations, latent cache; GB before allocator overhead and the CUDA context"}
+    for adapter in ("full", "lora"):
+        label = "full fine-tune" if adapter == "full" else f"LoRA rank {args.rank} (attention + feed-forward)"
+        entry = None
+        for width, height in ((768, 448), (512, 288)):
+            # Fresh modules per size: checkpointing, once enabled, stays on the modules.
+            unet, encoder, heads, adapters = meta_modules(adapter=adapter, rank=args.rank)
+            static = static_bytes(unet, encoder, heads, adapters)
+            if entry is None:
+                entry = {"parameters": {"UNet": sum(p.numel() for p in unet.parameters()), "encoder copy": sum(p.numel() for p in encoder.parameters()),
+                                        "heads": sum(p.numel() for p in heads.parameters()),
+                                        **({"trained adapters": sum(p.numel() for p in adapters.parameters())} if adapters else {})},
+                         "static_gb": {k: round(v / GB, 2) for k, v in static.items()}, "sizes": {}}
+            acts = step_activations(unet, encoder, heads, adapters, width, height)
+            peak = lambda kind, r1_key="D phase with approximate R1 (default)": sum(static.values()) + max(acts["G phase"][kind], acts[r1_key][kind])
+            entry["sizes"][f"{width}x{height}x14"] = {
+                "activations_gb": {phase: {k: round(v / GB, 2) for k, v in a.items()} for phase, a in acts.items()},
+                "peak_gb": {
+                    "checkpointing, approximate R1": round(peak("checkpointed") / GB, 1),
+                    "checkpointing, approximate R1, on-the-fly encoding": round((peak("checkpointed") + on_the_fly) / GB, 1),
+                    "no checkpointing, approximate R1": round(peak("plain") / GB, 1),
+                    "checkpointing, exact R1": round(peak("checkpointed", "D phase with exact R1 (math attention)") / GB, 1),
+                },
+            }
+        report[label] = entry
     print(json.dumps(report, indent=1))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False)
     parser.add_argument("--estimate", action="store_true", help="paper-size memory estimate on the meta device")
+    parser.add_argument("--rank", type=int, default=32, help="--estimate: the LoRA rank")
     parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--frames", type=int, default=14)
     parser.add_argument("--size", type=int, default=128, help="clip width = height in pixels")
