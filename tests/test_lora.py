@@ -303,3 +303,87 @@ def test_bad_lora_input_is_refused_before_any_model_loads(files, tmp_path, capsy
     assert main(["generate", "--checkpoint", str(files["single"]), "--width", "64", "--height", "64", "--out", str(tmp_path / "c.webp"), *args]) == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
+
+
+# --- extraction -----------------------------------------------------------------------------
+
+SINGULAR_VALUES = torch.tensor([4.0, 3.0, 2.0, 1.0]) * 0.05
+EXTRACTED = ("down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q",
+             "down_blocks.2.resnets.0.spatial_res_block.conv1",
+             "up_blocks.2.resnets.1.temporal_res_block.conv1")
+
+
+def tuned_unet(seed=0):
+    """The tiny UNet plus an exact rank-4 change (singular values SINGULAR_VALUES) in three
+    layers (a Linear, a 3x3 conv, a Conv3d) and a changed bias, which no LoRA can hold."""
+    unet = build_random_model(TINY, seed=seed).unet
+    generator = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for name in EXTRACTED:
+            weight = unet.get_submodule(name).weight
+            out, inputs = weight.shape[0], weight[0].numel()
+            left = torch.linalg.qr(torch.randn(out, 4, generator=generator)).Q
+            right = torch.linalg.qr(torch.randn(inputs, 4, generator=generator)).Q
+            weight += (left * SINGULAR_VALUES @ right.T).reshape(weight.shape)
+        unet.conv_in.bias += 0.01
+    return unet
+
+
+def extract(files, tmp_path, rank, *extra):
+    tuned = ck.save_unet_file(tuned_unet(), tmp_path / "tuned.safetensors", layout="sgm")
+    out = tmp_path / f"rank{rank}.safetensors"
+    assert main(["extract-lora", "--base", str(files["single"]), "--tuned", str(tuned), "--rank", str(rank), "--out", str(out), *extra]) == 0
+    return out, json.loads(out.with_suffix(".extraction.json").read_text())
+
+
+def test_extraction_at_the_change_rank_reconstructs_the_fine_tune(files, tmp_path, capsys):
+    out, report = extract(files, tmp_path, 4, "--dtype", "fp32")
+    printed = capsys.readouterr().out
+    assert [layer["module"] for layer in report["layers"]] == list(EXTRACTED) and report["relative_error"] < 1e-5
+    assert report["unchanged_layers_skipped"] == len(lora.unet_targets(tuned_unet())) - len(EXTRACTED)
+    assert report["changed_tensors_not_in_lora"] == ["conv_in.bias"]
+    assert "total" in printed and "conv_in.bias" not in printed and "1 changed tensors a LoRA cannot hold" in printed
+
+    base = build_random_model(TINY).unet
+    lora.merge_lora(base, lora.read_lora(out, base))
+    expected = tuned_unet().state_dict()
+    for key, tensor in base.state_dict().items():
+        if key != "conv_in.bias":
+            torch.testing.assert_close(tensor, expected[key], rtol=0, atol=1e-5, msg=key)
+
+
+def test_extraction_below_the_change_rank_reports_the_expected_error(files, tmp_path):
+    _, report = extract(files, tmp_path, 2)  # stored in fp16, the default
+    expected = float(SINGULAR_VALUES[2:].norm() / SINGULAR_VALUES.norm())  # what a rank-2 SVD leaves
+    for layer in report["layers"]:
+        assert layer["rank"] == 2 and layer["relative_error"] == pytest.approx(expected, abs=2e-3)
+    assert report["relative_error"] == pytest.approx(expected, abs=2e-3)
+
+
+def test_rank_above_a_layer_is_clipped_with_a_note(tiny):
+    layers, report = lora.extract_lora(tiny.unet.state_dict(), tuned_unet().state_dict(), 64)
+    fits = {fit.module: fit for fit in report.layers}
+    assert fits[EXTRACTED[0]].rank == 32 and "clipped to 32" in fits[EXTRACTED[0]].note  # a 32 x 32 Linear
+    assert fits[EXTRACTED[1]].rank == 64 and fits[EXTRACTED[1]].note == ""  # a 64 x (32*3*3) conv
+    assert report.relative_error < 1e-5 and layers[EXTRACTED[2]].down.shape == (32, 32, 3, 1, 1)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--rank", "0"], "--rank must be between 1 and 4096"),
+    (["--out", "lora.txt"], "give a name ending in .safetensors"),
+    (["--tuned", "TOY"], "different architecture than the base model"),
+    (["--base", "MISSING"], "does not exist"),
+    (["--tuned", "BASE"], "there is no change to extract"),
+])
+def test_extract_lora_bad_input_is_one_clear_line(files, tmp_path, capsys, args, message):
+    from sfv_core.assets import TOY_CHECKPOINT
+
+    names = {"TOY": str(TOY_CHECKPOINT), "MISSING": str(tmp_path / "gone.safetensors"), "BASE": str(files["single"])}
+    given = dict(zip(args[::2], [names.get(value, value) for value in args[1::2]]))
+    options = {"--base": str(files["single"]), "--tuned": str(files["single"]), "--rank": "4", "--out": str(tmp_path / "x.safetensors")} | given
+    if "--tuned" not in given:
+        options["--tuned"] = str(ck.save_unet_file(tuned_unet(), tmp_path / "tuned.safetensors"))
+    assert main(["extract-lora", *[part for pair in options.items() for part in pair]]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+    assert not (tmp_path / "x.safetensors").exists()
