@@ -387,3 +387,33 @@ def test_extract_lora_bad_input_is_one_clear_line(files, tmp_path, capsys, args,
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
     assert not (tmp_path / "x.safetensors").exists()
+
+
+# --- the SFV Loader node --------------------------------------------------------------------
+
+
+def test_loader_node_merges_a_lora_from_either_folder(files, tmp_path, monkeypatch):
+    from test_nodes import PACK, RUNTIME, run_node
+
+    root = tmp_path / "models"
+    (root / "checkpoints").mkdir(parents=True)
+    (root / "checkpoints" / "svd_tiny.safetensors").symlink_to(files["single"])
+    lora.save_lora(root / "loras" / "a_lora.safetensors", random_layers(build_random_model(TINY).unet), TINY.unet)
+    lora.save_lora(root / "sfv" / "b_lora.safetensors", random_layers(build_random_model(TINY).unet, seed=1), TINY.unet)
+    fake_lora(root / "loras" / "sdxl.safetensors", {"lora_te1_text_model_encoder_layers_0_mlp_fc1.lora_down.weight": (8, 768)})
+    monkeypatch.setattr(RUNTIME, "_fallback_models_root", str(root))
+    optional = PACK.NODE_CLASS_MAPPINGS["SFVLoader"].INPUT_TYPES()["optional"]
+    assert optional["sfv_lora"][0] == ["none", "a_lora.safetensors", "b_lora.safetensors", "sdxl.safetensors"]
+    assert optional["sfv_lora"][1]["default"] == "none" and optional["lora_strength"][1]["default"] == 1.0
+
+    inputs = dict(checkpoint="svd_tiny.safetensors", sfv_unet="none", dtype="fp32", attention="sdpa")
+    for name, strength in (("a_lora.safetensors", 0.5), ("b_lora.safetensors", 1.0)):
+        (model,) = run_node("SFVLoader", **inputs, sfv_lora=name, lora_strength=strength)
+        expected = ck.load_model(files["single"])
+        lora.merge_lora(expected.unet, lora.read_lora(root / ("loras" if name.startswith("a") else "sfv") / name, expected.unet), strength)
+        actual = model.model.unet.state_dict()
+        assert all(torch.equal(tensor, actual[key]) for key, tensor in expected.unet.state_dict().items())
+    with pytest.raises(ValueError, match="two text encoders of an SDXL model"):
+        run_node("SFVLoader", **inputs, sfv_lora="sdxl.safetensors")
+    with pytest.raises(ValueError, match="lora_strength must be between"):
+        run_node("SFVLoader", **inputs, sfv_lora="a_lora.safetensors", lora_strength=math.nan)
