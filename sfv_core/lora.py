@@ -7,8 +7,8 @@ UNetSpatioTemporalConditionModel, the names PEFT sees); the file holds them unde
 ComfyUI's LoRA loader maps for an SVD MODEL loaded from svd.safetensors.
 
 The file form written: `diffusion_model.<SGM module>.lora_down.weight`, `.lora_up.weight`,
-`.alpha`. ComfyUI maps `diffusion_model.<module>` (its "generic" form, ComfyUI >= 0.0.4,
-Aug 2024; what its own LoraSave node writes) and `lora_unet_<module with dots as _>` (kohya)
+`.alpha`. ComfyUI maps `diffusion_model.<module>` (its "Comfy" form, since August 2024; what
+its own LoraSave node writes) and `lora_unet_<module with dots as _>` (kohya)
 for every weight of the model; of the diffusers names it maps only the spatial layers of an
 SVD UNet (comfy.utils.unet_to_diffusers knows no temporal layers), so a file in diffusers names
 would lose its temporal layers there. The dotted form is written because it names the module
@@ -30,7 +30,7 @@ import torch
 from . import convert, limits
 from .checkpoints.headers import Weights, read_safetensors_header
 from .checkpoints.loading import CheckpointInfo, _constructor_args
-from .checkpoints.strict import _empty, _listing, _own
+from .checkpoints.strict import _empty, _listing, _own, names_the_damage
 from .checkpoints.writing import _write_safetensors, _write_text
 from .errors import CheckpointError
 from .models import SVDModel
@@ -136,6 +136,16 @@ def _fit_problem(target: Target, down: tuple[int, ...], up: tuple[int, ...]) -> 
     return None
 
 
+def _check_layers(layers: Mapping[str, LoraLayer], targets: Mapping[str, Target]) -> None:
+    """Layers handed in by code (the trainer's export, a merge): a misfit is a bug there, a ValueError."""
+    unknown = sorted(set(layers) - set(targets))
+    misfits = [f"{name}: {problem}" for name, layer in layers.items() if name in targets
+               for problem in [_fit_problem(targets[name], tuple(layer.down.shape), tuple(layer.up.shape))] if problem]
+    if unknown or misfits or not layers:
+        raise ValueError("LoRA layers that this UNet cannot take" + (_listing("names that are no matrix or conv weight of the UNet", unknown) if unknown else "")
+                         + (_listing("layers whose factors do not fit", misfits) if misfits else "") + ("" if layers else ": no layers at all"))
+
+
 # --- writing --------------------------------------------------------------------------------
 
 
@@ -150,12 +160,7 @@ def save_lora(path, layers: Mapping[str, LoraLayer], unet_config: Mapping, metad
     to an SVD model loaded from svd.safetensors, and that `read_lora` reads back. Factors are cast
     to `dtype` when given; alpha stays float32 (ComfyUI reads it as a number). Written atomically."""
     targets = config_targets(unet_config)
-    unknown = sorted(set(layers) - set(targets))
-    misfits = [f"{name}: {problem}" for name, layer in layers.items() if name in targets
-               for problem in [_fit_problem(targets[name], tuple(layer.down.shape), tuple(layer.up.shape))] if problem]
-    if unknown or misfits or not layers:
-        raise ValueError("LoRA layers that this UNet cannot take" + (_listing("names that are no matrix or conv weight of the UNet", unknown) if unknown else "")
-                         + (_listing("layers whose factors do not fit", misfits) if misfits else "") + ("" if layers else ": no layers at all"))
+    _check_layers(layers, targets)
     reserved = {FORMAT_KEY, "rank", "alpha", "targets", "format"} & set(metadata or {})
     if reserved:
         raise ValueError(f"metadata keys {sorted(reserved)} are written by save_lora itself")
@@ -188,6 +193,11 @@ def _lora_base(key: str) -> tuple[str, str] | None:
         if key.endswith(suffix):
             return key[: -len(suffix)], suffix
     return None
+
+
+def _dotted_prefixes(key: str) -> list[str]:
+    parts = key.split(".")
+    return [".".join(parts[:end]) for end in range(1, len(parts))]
 
 
 def _cross_attention_widths(weights: Weights) -> set[int]:
@@ -244,7 +254,7 @@ def _plan(weights: Weights, targets: Mapping[str, Target], unet_config: Mapping)
     for key, entry in weights.entries.items():
         base = _lora_base(key)
         if base is None:
-            (unknown_parts if any(key.startswith(name + ".") for name in names) else no_layer).append(key)
+            (unknown_parts if any(prefix in names for prefix in _dotted_prefixes(key)) else no_layer).append(key)
             continue
         if base[0] not in names:
             no_layer.append(key)
@@ -275,7 +285,7 @@ def _plan(weights: Weights, targets: Mapping[str, Target], unet_config: Mapping)
         ("layers whose factors do not fit", misfits),
         ("factors stored as integers", not_float),
     ]
-    if any(names for _, names in listings):
+    if any(listed for _, listed in listings):
         raise _refusal(weights, unet_config, listings)
     return plan
 
@@ -286,6 +296,7 @@ def _lora_header(path) -> Weights:
     return read_safetensors_header(path)
 
 
+@names_the_damage
 def check_lora(path, base: CheckpointInfo) -> list[str]:
     """What read_lora checks, from headers only, against the base checkpoint's UNet: usable
     before any model loads. Returns the names of the layers the LoRA changes."""
@@ -293,6 +304,7 @@ def check_lora(path, base: CheckpointInfo) -> list[str]:
     return sorted(_plan(weights, config_targets(base.unet_config), base.unet_config))
 
 
+@names_the_damage
 def read_lora(path, unet: torch.nn.Module) -> dict[str, LoraLayer]:
     """The layers of a LoRA file for `unet` (our module names, factors float32 in our layout),
     checked strictly: every key used, every shape fitting, every number finite."""
@@ -325,10 +337,7 @@ def merge_lora(unet: torch.nn.Module, layers: Mapping[str, LoraLayer], strength:
     """Add each layer's delta into `unet`'s weights in place (computed in float32, then rounded
     to the weight's dtype, as ComfyUI patches): no per-step cost afterwards."""
     limits.LORA_STRENGTH.check(strength, "lora strength")
-    targets = unet_targets(unet)
-    unknown = sorted(set(layers) - set(targets))
-    if unknown:
-        raise ValueError("LoRA layers that this UNet does not have" + _listing("names", unknown))
+    _check_layers(layers, unet_targets(unet))
     for name, layer in layers.items():
         weight = unet.get_submodule(name).weight
         on_device = replace(layer, down=layer.down.to(weight.device), up=layer.up.to(weight.device))
