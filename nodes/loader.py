@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 
+from ..sfv_core import limits
 from ..sfv_core.errors import CheckpointError
 from ..sfv_core.runtime import ATTENTION_CHOICES, DTYPE_CHOICES, resolve_runtime
 from . import comfy_runtime
@@ -14,6 +15,8 @@ SFV_FOLDER = "sfv"  # models/sfv: SF-V UNet weights (what the trainer writes)
 WEIGHT_EXTENSIONS = (".safetensors", ".sft", ".ckpt", ".pt", ".pth", ".bin")
 DIFFUSERS_PREFIX = "[diffusers] "
 NO_UNET = "none"
+NO_LORA = "none"
+LORA_FOLDERS = ("loras", SFV_FOLDER)  # ComfyUI's LoRA folder, then ours (what the trainer writes)
 COMPILE_SWITCH = {"auto": "auto", "off": "off", "on": "default"}  # the node's switch -> sfv_core's compile mode
 
 comfy_runtime.register_model_folder(SFV_FOLDER)
@@ -63,11 +66,26 @@ def sfv_unet_path(name: str) -> str | None:
     return path
 
 
+def _lora_files() -> list[str]:
+    names = {name for kind in LORA_FOLDERS for name in _weight_files(kind)}
+    return sorted(names)
+
+
+def sfv_lora_path(name: str) -> str | None:
+    if name == NO_LORA:
+        return None
+    for kind in LORA_FOLDERS:
+        path = comfy_runtime.model_file_path(kind, name)
+        if path is not None:
+            return path
+    raise CheckpointError(f"LoRA {name!r} was not found in models/loras or models/{SFV_FOLDER}: put the file there and refresh (press r), or pick {NO_LORA!r}.")
+
+
 class SFVLoader:
     DESCRIPTION = (
         "Loads an SVD-family image-to-video model (the original single file from models/checkpoints, or a diffusers "
         "folder from models/diffusers) and, optionally, an SF-V UNet from models/sfv that replaces its UNet for "
-        "one-step generation. Weights wait on ComfyUI's offload device and are moved to the GPU by the nodes that need them."
+        "one-step generation, and an SF-V LoRA merged into that UNet. Weights wait on ComfyUI's offload device and are moved to the GPU by the nodes that need them."
     )
     CATEGORY = "SF-V"
     FUNCTION = "load"
@@ -88,17 +106,24 @@ class SFVLoader:
             # Optional, so that workflows and API prompts saved before it existed still run.
             "optional": {
                 "compile": (list(COMPILE_SWITCH), {"default": "auto", "tooltip": "torch.compile of the UNet and the temporal decoder, once per size (the first run at a new size waits for it; re-runs with a new seed reuse it). auto: on with an NVIDIA GPU, off on the CPU. Falls back to uncompiled, with a warning, where compiling fails (e.g. no Triton)."}),
+                "sfv_lora": ([NO_LORA, *_lora_files()], {"default": NO_LORA, "tooltip": f"SF-V LoRA from models/loras or models/{SFV_FOLDER}, merged into the UNet (the checkpoint's, or sfv_unet's) at load: no cost per step. Only LoRAs made for SVD img2vid's UNet fit; others are refused with what they target."}),
+                "lora_strength": ("FLOAT", {"default": 1.0, **limits.LORA_STRENGTH.widget(), "step": 0.01, "tooltip": "How much of the LoRA's change is applied: 1 as trained, 0 none, negative subtracts it."}),
             },
         }
 
-    def load(self, checkpoint, sfv_unet, dtype, attention, compile="auto"):
+    def load(self, checkpoint, sfv_unet, dtype, attention, compile="auto", sfv_lora=NO_LORA, lora_strength=1.0):
         from ..sfv_core.checkpoints import load_model, load_sfv_unet
+        from ..sfv_core.lora import apply_lora_file
 
         with user_errors():
+            limits.LORA_STRENGTH.check(lora_strength, "lora_strength")
+            lora_path = sfv_lora_path(sfv_lora)
             runtime = resolve_runtime(comfy_runtime.compute_device(), dtype, "auto", attention, COMPILE_SWITCH[compile])
             storage = comfy_runtime.storage_device()
             model = load_model(checkpoint_path(checkpoint), dtype=runtime.dtype, device=storage)
             unet_path = sfv_unet_path(sfv_unet)
             if unet_path is not None:
                 model = load_sfv_unet(unet_path, model, dtype=runtime.dtype, device=storage)
+            if lora_path is not None:
+                model = apply_lora_file(model, lora_path, lora_strength)
             return (SFVModel(model, runtime, storage),)

@@ -33,6 +33,8 @@ def _add_generate(subparsers) -> None:
     p = subparsers.add_parser("generate", help="image -> video in one UNet pass", formatter_class=_DefaultsHelp, allow_abbrev=False)
     p.add_argument("--checkpoint", help="SVD-family single file (.safetensors) or diffusers folder (default: the bundled toy SF-V model)")
     p.add_argument("--sfv-unet", help="SF-V UNet file that replaces the checkpoint's UNet")
+    p.add_argument("--sfv-lora", help="SF-V LoRA file merged into the UNet (the checkpoint's, or --sfv-unet's) at load")
+    p.add_argument("--lora-strength", type=float, default=1.0, help="with --sfv-lora: how much of the LoRA's change is applied (1: as trained, 0: none)")
     p.add_argument("--image", nargs="+", help="start image(s); one clip per image (default: a bundled image)")
     p.add_argument("--frames", type=int, help="frames per clip; default 14 (the toy model: 8)")
     p.add_argument("--width", type=int, help="a multiple of 8, at least 64; default 1024 (the toy model: 64)")
@@ -93,10 +95,13 @@ def check_settings(args) -> None:
     limits.DENOISE.check(args.denoise, "--denoise")
     limits.DECODE_CHUNK.check(args.decode_chunk, "--decode-chunk")
     limits.DECODE_OVERLAP.check(args.decode_overlap, "--decode-overlap")
+    limits.LORA_STRENGTH.check(args.lora_strength, "--lora-strength")
     sampling_levels(args.steps)
     sigma_for_denoise(args.denoise)
     if args.denoise != 1.0 and not args.init_latent:
         raise InputError(f"--denoise {args.denoise} needs a latent clip to start from: add --init-latent FILE, or leave --denoise at 1.0.")
+    if args.lora_strength != 1.0 and not args.sfv_lora:
+        raise InputError(f"--lora-strength {args.lora_strength} needs a LoRA to scale: add --sfv-lora FILE, or leave --lora-strength out.")
     plan_chunks(args.frames, args.decode_chunk or None, decode_overlap(args))
 
 
@@ -147,16 +152,19 @@ def read_init_latent(args, clips: int):
 
 def check_models(args, runtime, clips: int) -> None:
     """From headers only, before any weights are read: the checkpoint is a full model that can
-    run this size, the --sfv-unet file fits it, and every stage's working memory fits beside
+    run this size, the --sfv-unet and --sfv-lora files fit it, and every stage's working memory fits beside
     the weights still to load (sfv_core.memory)."""
     from . import memory
     from .checkpoints import check_sfv_unet, inspect_full_model
+    from .lora import check_lora
     from .models import check_unet_can_run
     from .tiny_decoder import check_config_fits, read_config
 
     base = inspect_full_model(args.checkpoint)
     if args.sfv_unet:
         check_sfv_unet(args.sfv_unet, base)
+    if args.sfv_lora:
+        check_lora(args.sfv_lora, base)
     if args.decoder:
         check_config_fits(read_config(args.decoder), base.vae_config)
     check_unet_can_run(base.unet_config, args.width, args.height, args.frames, clips)
@@ -173,7 +181,8 @@ def describe_run(args, clips: int, defaults_of: str, long_video=None) -> str:
         made = (f"{clips} video{'s' if clips > 1 else ''} of {args.length} frames at {args.width}x{args.height} from {clips_for_length(args.length, long_video)} clips of "
                 f"{args.frames} frames each (overlap {long_video.overlap}), {args.steps} step{'s' if args.steps > 1 else ''} a clip")
     note = f" ({defaults_of}: set --width, --height and --frames for others)" if defaults_of else ""
-    return f"making {made}{note}, from {args.checkpoint}" + (f" + {args.sfv_unet}" if args.sfv_unet else "")
+    lora = f" + LoRA {args.sfv_lora} at strength {args.lora_strength:g}" if args.sfv_lora else ""
+    return f"making {made}{note}, from {args.checkpoint}" + (f" + {args.sfv_unet}" if args.sfv_unet else "") + lora
 
 
 def run_generate(args) -> None:
@@ -195,7 +204,8 @@ def run_generate(args) -> None:
     check_models(args, runtime, images.shape[0])
     print(describe_run(args, images.shape[0], defaults_of, long_video), file=sys.stderr)
 
-    pipe = SFVPipeline.from_files(args.checkpoint, args.sfv_unet, args.device, args.dtype, args.vae_dtype, args.attention, args.compile)
+    pipe = SFVPipeline.from_files(args.checkpoint, args.sfv_unet, args.device, args.dtype, args.vae_dtype, args.attention, args.compile,
+                                  sfv_lora=args.sfv_lora, lora_strength=args.lora_strength)
     decoder = pipe.load_decoder(args.decoder) if args.decoder else None
     settings = dict(width=args.width, height=args.height, num_frames=args.frames, fps=args.fps, motion_bucket_id=args.motion_bucket, augmentation=args.aug, variant=args.preprocess, resize=args.resize)
     if long_video is not None:
@@ -261,6 +271,42 @@ def run_tiny_checkpoint(args) -> None:
     print(save_single_file(build_random_model(TINY, seed=args.seed), args.out))
 
 
+def _add_extract_lora(subparsers) -> None:
+    from .runtime import DTYPES
+
+    p = subparsers.add_parser("extract-lora", help="a LoRA file from a full fine-tune (per-layer truncated SVD of tuned - base)", formatter_class=_DefaultsHelp, allow_abbrev=False)
+    p.add_argument("--base", required=True, help="the SVD checkpoint the UNet was fine-tuned from (single file or diffusers folder)")
+    p.add_argument("--tuned", required=True, help="the fine-tuned UNet: an SF-V UNet file (diffusers or SGM names) or a full single file")
+    p.add_argument("--rank", type=int, required=True, help="LoRA rank, clipped to each layer's smaller side")
+    p.add_argument("--out", required=True, help="the LoRA .safetensors to write; the per-layer report goes beside it as NAME.extraction.json")
+    p.add_argument("--dtype", choices=tuple(DTYPES), default="fp16", help="precision of the stored factors (the reported errors are measured with them)")
+    p.set_defaults(run=run_extract_lora)
+
+
+def run_extract_lora(args) -> None:
+    from . import limits
+    from .checkpoints import check_sfv_unet, inspect_full_model, reading_unet_state
+    from .files import check_writable
+    from .lora import extract_lora, report_path, save_lora, write_report
+    from .runtime import DTYPES
+
+    limits.LORA_RANK.check(args.rank, "--rank")
+    if Path(args.out).suffix != ".safetensors":
+        raise InputError(f"--out {args.out}: a LoRA is written as a .safetensors file; give a name ending in .safetensors.")
+    check_writable(args.out)
+    check_writable(report_path(args.out))
+    base = inspect_full_model(args.base)
+    check_sfv_unet(args.tuned, base)
+    with reading_unet_state(args.base, base.unet_config, base.path) as base_state, reading_unet_state(args.tuned, base.unet_config, base.path) as tuned_state:
+        layers, report = extract_lora(base_state, tuned_state, args.rank, DTYPES[args.dtype])
+    if not layers:
+        raise InputError(f"{args.tuned} has the same matrix and conv weights as {args.base}: there is no change to extract (was --tuned fine-tuned from --base?).")
+    print(report.table())
+    metadata = {"extracted_from": Path(args.tuned).name, "base": Path(args.base).name, "relative_error": f"{report.relative_error:.6g}"}
+    print(save_lora(args.out, layers, base.unet_config, metadata, DTYPES[args.dtype]))
+    print(write_report(report, args.out))
+
+
 def _program_name() -> str:
     """`sfv` / `sfv-core` when run as the installed command, else the module form."""
     name = Path(sys.argv[0]).name
@@ -291,6 +337,7 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", required=True)
     _add_generate(subparsers)
     _add_tiny_checkpoint(subparsers)
+    _add_extract_lora(subparsers)
     try:
         from .train.cli import add_train_parser
     except ImportError as error:  # the trainer's extra requirements are not installed

@@ -57,6 +57,10 @@ DENOISE = Range("denoise", 0.001, 1.0, "1 regenerates, lower keeps more of the l
 DECODE_CHUNK = Range("frames per decode chunk", 0, 4096, "0 decodes a whole clip at once")
 DECODE_OVERLAP = Range("decode overlap", 0, 4095, "frames shared by consecutive chunks")
 FRAMES_PER_CLIP = Range("frames per clip", 0, 4096, "0: as stored in the LATENT")
+# An SF-V LoRA is trained for strength 1; 0 is the base model. Beyond +-4 its change is scaled far
+# past anything it was trained for (ComfyUI's own LoRA widget allows +-100, which only makes noise).
+LORA_STRENGTH = Range("lora strength", -4.0, 4.0, "1 applies the LoRA as trained, 0 leaves the model as it is", integer=False)
+LORA_RANK = Range("LoRA rank", 1, 4096, "factor width per layer; clipped to each layer's smaller side")
 
 
 def _size_fix(value: int, limit: Range) -> str | None:

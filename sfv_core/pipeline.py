@@ -43,13 +43,20 @@ class SFVPipeline:
         self.model = place(model, self.runtime)
 
     @classmethod
-    def from_files(cls, checkpoint: str, sfv_unet: str | None = None, device="auto", dtype="auto", vae_dtype="auto", attention="sdpa", compile="auto") -> "SFVPipeline":
+    def from_files(cls, checkpoint: str, sfv_unet: str | None = None, device="auto", dtype="auto", vae_dtype="auto", attention="sdpa", compile="auto",
+                   sfv_lora: str | None = None, lora_strength: float = 1.0) -> "SFVPipeline":
+        """The checkpoint's model, its UNet replaced by `sfv_unet` and/or `sfv_lora` merged into
+        whichever UNet that leaves (at `lora_strength`)."""
         from .checkpoints import load_model, load_sfv_unet
+        from .lora import apply_lora_file
 
+        limits.LORA_STRENGTH.check(lora_strength)
         runtime = resolve_runtime(device, dtype, vae_dtype, attention, compile)
         model = load_model(checkpoint, dtype=runtime.dtype, device=runtime.device)
         if sfv_unet:
             model = load_sfv_unet(sfv_unet, model, dtype=runtime.dtype, device=runtime.device)
+        if sfv_lora:
+            model = apply_lora_file(model, sfv_lora, lora_strength)
         return cls(model, runtime)
 
     @cached_property

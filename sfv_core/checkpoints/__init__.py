@@ -22,13 +22,13 @@ loading), loading (the formats and the reading API), writing.
 
 from .headers import PICKLE_SUFFIXES, TensorEntry, Weights, read_safetensors_header
 from .identify import detect
-from .loading import CheckpointInfo, check_sfv_unet, inspect_checkpoint, inspect_full_model, load_model, load_sfv_unet
+from .loading import CheckpointInfo, check_sfv_unet, inspect_checkpoint, inspect_full_model, load_model, load_sfv_unet, reading_unet_state
 from .shapes import infer_configs, infer_image_encoder_config, infer_unet_config_diffusers, infer_unet_config_sgm, infer_vae_config
 from .writing import model_to_single_file_state_dict, save_diffusers_folder, save_single_file, save_unet_file
 
 __all__ = [
     "PICKLE_SUFFIXES", "TensorEntry", "Weights", "read_safetensors_header", "detect", "CheckpointInfo", "check_sfv_unet", "inspect_checkpoint", "inspect_full_model",
-    "load_model", "load_sfv_unet", "infer_configs", "infer_image_encoder_config", "infer_unet_config_diffusers",
+    "load_model", "load_sfv_unet", "reading_unet_state", "infer_configs", "infer_image_encoder_config", "infer_unet_config_diffusers",
     "infer_unet_config_sgm", "infer_vae_config", "model_to_single_file_state_dict", "save_diffusers_folder",
     "save_single_file", "save_unet_file",
 ]

@@ -45,7 +45,8 @@ def detect(keys: Iterable[str], label: str) -> tuple[str, str, str]:
     )
     lora = sorted(key for key in keys if _LORA_KEY.search(key))
     if lora:
-        raise CheckpointError(f"{label} is a LoRA (keys like {lora[0]!r}), not a full model. {expected}")
+        raise CheckpointError(f"{label} is a LoRA (keys like {lora[0]!r}), not a full model: an SF-V LoRA is merged into a loaded model "
+                              f"(the SFV Loader's sfv_lora input, or generate --sfv-lora). {expected}")
     if _any_startswith(keys, UNET_ROOT) or "input_blocks.0.0.weight" in keys:
         if not any("time_stack" in key for key in keys):
             raise CheckpointError(f"{label} is {_image_model_family(keys)}: its UNet has no temporal layers (no 'time_stack' keys). {expected}")

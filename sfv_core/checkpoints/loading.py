@@ -8,7 +8,8 @@ import inspect
 import json
 import math
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -21,7 +22,7 @@ from .headers import PICKLE_SUFFIXES, TensorEntry, Weights, _existing_path, _rea
 from .identify import _any_startswith, _examples, detect
 from .layout import _COND_ENCODER, _DIFFUSERS_PARTS, _NATIVE_ENCODER, _NATIVE_ENCODER_FOLDER, _SINGLE_FILE_ROOTS
 from .shapes import infer_configs, infer_unet_config_diffusers, infer_unet_config_sgm
-from .strict import _check, _empty, _fill, _identity_quant_conv, _ignored_note, _load_parts, _Part, _read_state, names_the_damage
+from .strict import _check, _empty, _fill, _identity_quant_conv, _ignored_note, _load_parts, _own, _Part, _read_state, names_the_damage
 
 # ---------------------------------------------------------------------------------------------
 # The single file
@@ -311,3 +312,42 @@ def load_sfv_unet(path, base: SVDModel, dtype: torch.dtype | None = None, device
     _load_parts([part], weights, dtype, device)
     notes = [*base.notes, f"UNet from {weights.label}", *_ignored_note(weights.entries, (root,))]
     return dataclasses.replace(base, unet=unet, source=f"{base.source} + UNet {weights.label}", notes=notes).eval_frozen()
+
+
+class _LazyState(Mapping):
+    """A UNet state dict (our names) whose tensors are read from the file when asked for, as float32."""
+
+    def __init__(self, keymap: convert.KeyMap, get: Callable[[str, torch.dtype], tuple[torch.Tensor, bool]]):
+        self.keymap, self.get = keymap, get
+
+    def __getitem__(self, key: str) -> torch.Tensor:
+        source = self.keymap[key]
+        view, owned = self.get(source.key, torch.float32)
+        return _own(convert.from_original(source, view), torch.float32, "cpu", owned)
+
+    def __iter__(self):
+        return iter(self.keymap)
+
+    def __len__(self) -> int:
+        return len(self.keymap)
+
+
+@contextmanager
+def reading_unet_state(path, unet_config: Mapping, base_label: str) -> Iterator[Mapping[str, torch.Tensor]]:
+    """The UNet of `path` (a single file, a diffusers folder, or an SF-V UNet file in either
+    layout) as our state dict, checked from the header against `unet_config`'s architecture;
+    each tensor is read (float32) only when asked for, so a walk over it holds one at a time."""
+    from diffusers import UNetSpatioTemporalConditionModel
+
+    path = _existing_path(path)
+    if path.is_dir():
+        _check_folder(path)
+        weights, layout, root = _part_weights(path / "unet", _DIFFUSERS_PARTS["unet"]), "diffusers", ""
+    else:
+        weights, layout, root = _unet_weights(path, unet_config, base_label)
+    unet = _empty(models.build_unet, _constructor_args(UNetSpatioTemporalConditionModel, unet_config))
+    keys = unet.state_dict().keys()
+    keymap = convert.unet_keymap(unet.config, keys, root) if layout == "sgm" else convert.identity_keymap(keys)
+    _check([_Part(unet, keymap)], weights, (root,), f"the UNet of {base_label}")
+    with weights.reader() as get:
+        yield _LazyState(keymap, get)

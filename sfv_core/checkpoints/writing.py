@@ -23,12 +23,12 @@ def _atomic_write(path: Path, write: Callable[[str], None]) -> Path:
     return path
 
 
-def _write_safetensors(path, tensors: Mapping[str, torch.Tensor], dtype: torch.dtype | None = None) -> Path:
+def _write_safetensors(path, tensors: Mapping[str, torch.Tensor], dtype: torch.dtype | None = None, metadata: Mapping[str, str] | None = None) -> Path:
     path = Path(path)
     if path.suffix != ".safetensors":
         raise CheckpointError(f"{path}: write weights to a .safetensors path.")
     ready = {key: _cast(tensor.detach(), dtype or tensor.dtype, "cpu").contiguous() for key, tensor in tensors.items()}
-    return _atomic_write(path, lambda temporary: save_file(ready, temporary, metadata={"format": "pt"}))
+    return _atomic_write(path, lambda temporary: save_file(ready, temporary, metadata={"format": "pt", **(metadata or {})}))
 
 
 def _write_text(path: Path, text: str) -> Path:
