@@ -141,3 +141,34 @@ def test_bad_lora_targets_are_refused_from_the_architecture_alone(settings, mess
 def test_contradicting_adapter_settings_are_one_line(videos, tmp_path, sets, message):
     with pytest.raises(InputError, match=message):
         tiny_config(videos, tmp_path, *sets).validate()
+
+
+def test_the_exported_lora_merged_the_pack_s_way_equals_the_trained_generator(videos, tmp_path):
+    from sfv_core.checkpoints import load_model
+    from sfv_core.lora import read_lora
+    from sfv_core.sampling import denoise
+    from sfv_core.train.trainer import LORA_FILE, SINGLE_FILE
+
+    # A large learning rate and the EMA = the live weights: after two steps at 1e-5 the deltas are near float32's rounding of
+    # the weights they are merged into, and the comparison would measure that rounding.
+    trainer = Trainer(tiny_config(videos, tmp_path, *LORA, "steps=2", "export_single_file=true", "lr_generator=0.01", "ema_decay=0",
+                                  "lora_targets=[attention,temporal_resnets]"))
+    trainer.train()
+    paths = trainer.export()
+    assert [p.name for p in paths] == [LORA_FILE, SINGLE_FILE]
+    base = build_random_model(TINY).unet  # tiny-random: the trainer's base, same seed
+    layers = read_lora(tmp_path / "export" / LORA_FILE, base)
+    assert set(layers) == set(trainer.adapters.layers) and all(l.rank == 4 for l in layers.values())
+    from sfv_core.lora import merge_lora
+
+    merge_lora(base, layers, 1.0)
+    merged_file = load_model(tmp_path / "export" / SINGLE_FILE).unet
+    cond, sigma = tiny_cond(), torch.tensor([0.5, 30.0])
+    x = torch.randn(2, FRAMES, 4, 6, 8)
+    with torch.no_grad(), trainer.ema.swapped_in():
+        trained = denoise(trainer.generator, x, sigma, cond)
+        with trainer.adapters.off():
+            effect = (denoise(trainer.generator, x, sigma, cond) - trained).abs().max()
+        for unet in (base, merged_file):
+            assert (denoise(unet.train(False), x, sigma, cond) - trained).abs().max() < 1e-2 * effect  # merging rounds small deltas into fp32 weights
+    assert effect > 1e-2  # two steps did move the adapters
