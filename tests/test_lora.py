@@ -417,3 +417,23 @@ def test_loader_node_merges_a_lora_from_either_folder(files, tmp_path, monkeypat
         run_node("SFVLoader", **inputs, sfv_lora="sdxl.safetensors")
     with pytest.raises(ValueError, match="lora_strength must be between"):
         run_node("SFVLoader", **inputs, sfv_lora="a_lora.safetensors", lora_strength=math.nan)
+
+
+def test_peft_state_converts_to_the_same_file(tiny, files, tmp_path):
+    layers = random_layers(tiny.unet)
+    peft = {}
+    for name, layer in layers.items():
+        peft[f"base_model.model.{name}.lora_A.default.weight"] = layer.down
+        peft[f"base_model.model.{name}.lora_B.default.weight"] = layer.up
+    converted = lora.save_lora(tmp_path / "peft.safetensors", lora.peft_layers(peft, 4.0), tiny.unet.config, {"trained_by": "test"})
+    assert load_file(converted).keys() == load_file(files["lora"]).keys()
+    assert all(torch.equal(a, load_file(files["lora"])[key]) for key, a in load_file(converted).items())
+    with pytest.raises(ValueError, match="only one of lora_A / lora_B"):
+        lora.peft_layers({"unet.conv_in.lora_A.weight": layers["conv_in"].down}, 4.0)
+
+
+def test_a_lora_with_no_temporal_layer_is_loaded_with_a_warning(tiny, tmp_path, caplog):
+    spatial = {name: layer for name, layer in random_layers(tiny.unet).items() if "temporal" not in name}
+    path = lora.save_lora(tmp_path / "spatial.safetensors", spatial, tiny.unet.config)
+    assert lora.read_lora(path, tiny.unet).keys() == spatial.keys()
+    assert "changes no temporal layer" in caplog.text
