@@ -14,7 +14,8 @@ SVD UNet (comfy.utils.unet_to_diffusers knows no temporal layers), so a file in 
 would lose its temporal layers there. The dotted form is written because it names the module
 exactly (underscores are ambiguous to read back); both SGM forms are read.
 
-No PEFT here: the trainer's PEFT adapters hand their lora_A / lora_B as `LoraLayer`s.
+No PEFT here (it is the trainer's extra): its adapters' lora_A / lora_B become `LoraLayer`s by
+name (`peft_layers`).
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from .checkpoints.loading import CheckpointInfo, _constructor_args
 from .checkpoints.strict import _empty, _listing, _own, names_the_damage
 from .checkpoints.writing import _write_safetensors, _write_text
 from .errors import CheckpointError
-from .models import SVDModel
+from .models import SVDModel, build_unet
 
 log = logging.getLogger("sfv")
 
@@ -101,8 +102,6 @@ def config_targets(unet_config: Mapping) -> dict[str, Target]:
     """The targets of a UNet known only by its config (built on the meta device: no memory)."""
     from diffusers import UNetSpatioTemporalConditionModel
 
-    from .models import build_unet
-
     return unet_targets(_empty(build_unet, _constructor_args(UNetSpatioTemporalConditionModel, unet_config)))
 
 
@@ -128,7 +127,9 @@ def _fit_problem(target: Target, down: tuple[int, ...], up: tuple[int, ...]) -> 
     if len(down) < 2 or len(up) < 2:
         return f"lora_down {list(down)} / lora_up {list(up)}: factors need 2 or more dimensions"
     rank = down[0]
-    if rank < 1 or up[1] != rank:
+    if rank < 1:
+        return f"lora_down {list(down)} has rank 0"
+    if up[1] != rank:
         return f"lora_down {list(down)} has rank {rank} but lora_up {list(up)} has rank {up[1]}"
     if down[1] != inputs:
         return f"lora_down {list(down)} takes {down[1]} input features, the layer {list(target.original_shape)} takes {inputs}"
