@@ -329,8 +329,8 @@ def tuned_unet(seed=0):
     return unet
 
 
-def extract(files, tmp_path, rank, *extra):
-    tuned = ck.save_unet_file(tuned_unet(), tmp_path / "tuned.safetensors", layout="sgm")
+def extract(files, tmp_path, rank, *extra, layout="sgm"):
+    tuned = ck.save_unet_file(tuned_unet(), tmp_path / "tuned.safetensors", layout=layout)
     out = tmp_path / f"rank{rank}.safetensors"
     assert main(["extract-lora", "--base", str(files["single"]), "--tuned", str(tuned), "--rank", str(rank), "--out", str(out), *extra]) == 0
     return out, json.loads(out.with_suffix(".extraction.json").read_text())
@@ -353,7 +353,7 @@ def test_extraction_at_the_change_rank_reconstructs_the_fine_tune(files, tmp_pat
 
 
 def test_extraction_below_the_change_rank_reports_the_expected_error(files, tmp_path):
-    _, report = extract(files, tmp_path, 2)  # stored in fp16, the default
+    _, report = extract(files, tmp_path, 2, layout="diffusers")  # stored in fp16, the default
     expected = float(SINGULAR_VALUES[2:].norm() / SINGULAR_VALUES.norm())  # what a rank-2 SVD leaves
     for layer in report["layers"]:
         assert layer["rank"] == 2 and layer["relative_error"] == pytest.approx(expected, abs=2e-3)
