@@ -14,12 +14,14 @@ SVD UNet (comfy.utils.unet_to_diffusers knows no temporal layers), so a file in 
 would lose its temporal layers there. The dotted form is written because it names the module
 exactly (underscores are ambiguous to read back); both SGM forms are read.
 
-No PEFT here: the trainer's PEFT adapters hand their lora_A / lora_B as `LoraLayer`s.
+No PEFT here (it is the trainer's extra): its adapters' lora_A / lora_B become `LoraLayer`s by
+name (`peft_layers`).
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
@@ -33,7 +35,9 @@ from .checkpoints.loading import CheckpointInfo, _constructor_args
 from .checkpoints.strict import _empty, _listing, _own, names_the_damage
 from .checkpoints.writing import _write_safetensors, _write_text
 from .errors import CheckpointError
-from .models import SVDModel
+from .models import SVDModel, build_unet
+
+log = logging.getLogger("sfv")
 
 ROOT = "diffusion_model."  # the UNet's root in ComfyUI's model state dict
 KOHYA_ROOT = "lora_unet_"
@@ -98,8 +102,6 @@ def config_targets(unet_config: Mapping) -> dict[str, Target]:
     """The targets of a UNet known only by its config (built on the meta device: no memory)."""
     from diffusers import UNetSpatioTemporalConditionModel
 
-    from .models import build_unet
-
     return unet_targets(_empty(build_unet, _constructor_args(UNetSpatioTemporalConditionModel, unet_config)))
 
 
@@ -125,7 +127,9 @@ def _fit_problem(target: Target, down: tuple[int, ...], up: tuple[int, ...]) -> 
     if len(down) < 2 or len(up) < 2:
         return f"lora_down {list(down)} / lora_up {list(up)}: factors need 2 or more dimensions"
     rank = down[0]
-    if rank < 1 or up[1] != rank:
+    if rank < 1:
+        return f"lora_down {list(down)} has rank 0"
+    if up[1] != rank:
         return f"lora_down {list(down)} has rank {rank} but lora_up {list(up)} has rank {up[1]}"
     if down[1] != inputs:
         return f"lora_down {list(down)} takes {down[1]} input features, the layer {list(target.original_shape)} takes {inputs}"
@@ -144,6 +148,31 @@ def _check_layers(layers: Mapping[str, LoraLayer], targets: Mapping[str, Target]
     if unknown or misfits or not layers:
         raise ValueError("LoRA layers that this UNet cannot take" + (_listing("names that are no matrix or conv weight of the UNet", unknown) if unknown else "")
                          + (_listing("layers whose factors do not fit", misfits) if misfits else "") + ("" if layers else ": no layers at all"))
+
+
+_PEFT_PREFIXES = ("base_model.model.", "unet.")
+_PEFT_FACTOR = {"lora_A": "down", "lora_B": "up"}
+
+
+def peft_layers(state: Mapping[str, torch.Tensor], alpha: float | Mapping[str, float]) -> dict[str, LoraLayer]:
+    """`LoraLayer`s from a PEFT / diffusers adapter state dict (`<module>.lora_A[.<adapter>].weight`,
+    with or without a `base_model.model.` or `unet.` prefix). `alpha`: PEFT's lora_alpha, one
+    for all layers or per module name (rsLoRA's lora_alpha / sqrt(r) scale is alpha * sqrt(r) here)."""
+    factors: dict[str, dict[str, torch.Tensor]] = {}
+    for key, tensor in state.items():
+        parts = key.split(".")
+        found = [index for index, part in enumerate(parts) if part in _PEFT_FACTOR]
+        if not found or parts[-1] != "weight":
+            raise ValueError(f"{key!r} is not a PEFT LoRA factor (<module>.lora_A/lora_B[.<adapter>].weight)")
+        module = ".".join(parts[: found[-1]])
+        for prefix in _PEFT_PREFIXES:
+            module = module.removeprefix(prefix)
+        factors.setdefault(module, {})[_PEFT_FACTOR[parts[found[-1]]]] = tensor
+    incomplete = sorted(module for module, pair in factors.items() if len(pair) != 2)
+    if incomplete:
+        raise ValueError("PEFT modules with only one of lora_A / lora_B" + _listing("modules", incomplete))
+    return {module: LoraLayer(pair["down"], pair["up"], float(alpha[module] if isinstance(alpha, Mapping) else alpha))
+            for module, pair in factors.items()}
 
 
 # --- writing --------------------------------------------------------------------------------
@@ -222,7 +251,8 @@ def _what_it_targets(weights: Weights, unet_config: Mapping) -> list[str]:
     elif starts("lora_te_", "text_encoder.", "text_encoders.", "te."):
         found.append("the text encoder of an image model such as SD1.5 (lora_te_ keys); SVD has no text encoder")
     if starts("lora_unet_down_blocks_", "lora_unet_up_blocks_", "lora_unet_mid_block_", "unet.", "down_blocks.", "up_blocks.", "mid_block.", "base_model.model."):
-        found.append("UNet layers under diffusers names (the kohya/diffusers form of image-model LoRAs such as SD1.5 and SDXL), not SVD's original names")
+        found.append("UNet layers under diffusers names (the kohya/diffusers form of image-model LoRAs such as SD1.5 and SDXL), not SVD's original names "
+                     "(an SVD LoRA in PEFT names converts with sfv_core.lora.peft_layers and save_lora)")
     if starts("transformer.", "lora_transformer_", "diffusion_model.blocks.", "diffusion_model.double_blocks.", "diffusion_model.joint_blocks."):
         found.append("a transformer model (Flux, SD3, Wan, ...), not SVD's UNet")
     expected = unet_config.get("cross_attention_dim")
@@ -326,7 +356,15 @@ def read_lora(path, unet: torch.nn.Module) -> dict[str, LoraLayer]:
             rank = down.shape[0]
             alpha = float(read(keys.alpha).reshape(())) if keys.alpha else float(rank)  # no alpha: scale 1, as in ComfyUI
             layers[module] = LoraLayer(down.reshape(rank, *shape[1:]), up.reshape(shape[0], rank, *(1,) * (len(shape) - 2)), alpha)
+    if not any(_temporal(module) for module in layers):
+        # SD2.x has SVD's spatial names and shapes, so an SD2.x LoRA fits them; nothing in the file tells it apart.
+        log.warning("%s changes no temporal layer of the UNet: if it was made for an image model (SD2.x has the same spatial layers), "
+                    "it will not make SF-V video", weights.label)
     return layers
+
+
+def _temporal(module: str) -> bool:
+    return any(part in module for part in ("temporal_transformer_blocks", "temporal_res_block", "time_pos_embed", "time_mixer"))
 
 
 # --- merging --------------------------------------------------------------------------------

@@ -329,8 +329,8 @@ def tuned_unet(seed=0):
     return unet
 
 
-def extract(files, tmp_path, rank, *extra):
-    tuned = ck.save_unet_file(tuned_unet(), tmp_path / "tuned.safetensors", layout="sgm")
+def extract(files, tmp_path, rank, *extra, layout="sgm"):
+    tuned = ck.save_unet_file(tuned_unet(), tmp_path / "tuned.safetensors", layout=layout)
     out = tmp_path / f"rank{rank}.safetensors"
     assert main(["extract-lora", "--base", str(files["single"]), "--tuned", str(tuned), "--rank", str(rank), "--out", str(out), *extra]) == 0
     return out, json.loads(out.with_suffix(".extraction.json").read_text())
@@ -353,7 +353,7 @@ def test_extraction_at_the_change_rank_reconstructs_the_fine_tune(files, tmp_pat
 
 
 def test_extraction_below_the_change_rank_reports_the_expected_error(files, tmp_path):
-    _, report = extract(files, tmp_path, 2)  # stored in fp16, the default
+    _, report = extract(files, tmp_path, 2, layout="diffusers")  # stored in fp16, the default
     expected = float(SINGULAR_VALUES[2:].norm() / SINGULAR_VALUES.norm())  # what a rank-2 SVD leaves
     for layer in report["layers"]:
         assert layer["rank"] == 2 and layer["relative_error"] == pytest.approx(expected, abs=2e-3)
@@ -417,3 +417,23 @@ def test_loader_node_merges_a_lora_from_either_folder(files, tmp_path, monkeypat
         run_node("SFVLoader", **inputs, sfv_lora="sdxl.safetensors")
     with pytest.raises(ValueError, match="lora_strength must be between"):
         run_node("SFVLoader", **inputs, sfv_lora="a_lora.safetensors", lora_strength=math.nan)
+
+
+def test_peft_state_converts_to_the_same_file(tiny, files, tmp_path):
+    layers = random_layers(tiny.unet)
+    peft = {}
+    for name, layer in layers.items():
+        peft[f"base_model.model.{name}.lora_A.default.weight"] = layer.down
+        peft[f"base_model.model.{name}.lora_B.default.weight"] = layer.up
+    converted = lora.save_lora(tmp_path / "peft.safetensors", lora.peft_layers(peft, 4.0), tiny.unet.config, {"trained_by": "test"})
+    assert load_file(converted).keys() == load_file(files["lora"]).keys()
+    assert all(torch.equal(a, load_file(files["lora"])[key]) for key, a in load_file(converted).items())
+    with pytest.raises(ValueError, match="only one of lora_A / lora_B"):
+        lora.peft_layers({"unet.conv_in.lora_A.weight": layers["conv_in"].down}, 4.0)
+
+
+def test_a_lora_with_no_temporal_layer_is_loaded_with_a_warning(tiny, tmp_path, caplog):
+    spatial = {name: layer for name, layer in random_layers(tiny.unet).items() if "temporal" not in name}
+    path = lora.save_lora(tmp_path / "spatial.safetensors", spatial, tiny.unet.config)
+    assert lora.read_lora(path, tiny.unet).keys() == spatial.keys()
+    assert "changes no temporal layer" in caplog.text
