@@ -136,15 +136,11 @@ class LoraAdapters:
     def lora_layers(self, state: dict | None = None) -> dict:
         """{module name: LoraLayer} from the live weights, or from a state dict of the UNet
         (e.g. gathered under FSDP), in float32 on the CPU."""
-        from ..lora import LoraLayer
+        from ..lora import peft_layers
 
         state = state if state is not None else self.unet.state_dict()
-        scale_alpha = self.spec["alpha"]
-        return {
-            name: LoraLayer(down=state[f"{name}.lora_A.{ADAPTER_NAME}.weight"].detach().float().cpu().clone(),
-                            up=state[f"{name}.lora_B.{ADAPTER_NAME}.weight"].detach().float().cpu().clone(), alpha=scale_alpha)
-            for name in self.layers
-        }
+        factors = {k: v.detach().float().cpu() for k, v in state.items() if ".lora_" in k}
+        return peft_layers(factors, self.spec["alpha"])
 
     def state_dict(self) -> dict:
         """The spec and the adapter weights (the frozen base is not checkpointed: it is the base file)."""
