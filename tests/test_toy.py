@@ -62,10 +62,12 @@ def test_experiment_smoke(tmp_path):
     from sfv_core.toy.experiment import ToyConfig, run
 
     cfg = ToyConfig(num_frames=4, train_clips=4, heldout_clips=4, vae_steps=1, pretrain_steps=1, pretrain_batch=2,
-                    distill_steps=1, distill_batch=1, teacher_steps=2, threads=1, variants=("both",), recipes=("paper", "control"))
+                    distill_steps=1, distill_batch=1, teacher_steps=2, threads=1, variants=("both",), recipes=("paper", "control", "lora8"))
     results = run(tmp_path, cfg)
     names = [r["method"] for r in results["rows"]]
     assert names[1].startswith("teacher, 2 steps") and "SF-V, 4 steps" in names and "control: adversarial weight 0, 1 step" in names
+    assert "SF-V LoRA rank 8, 1 step" in names and any("LoRA rank 8 1 step <= 1.5 x" in bar for bar in results["bars"])
+    assert (tmp_path / "sfv_lora8" / "export" / "sfv_lora.safetensors").is_file()
     assert any("beats the control" in bar for bar in results["bars"])
     assert all(np.isfinite(r["fvd_proxy"]) and r["seconds_per_clip"] > 0 for r in results["rows"])
     for name in ("results.json", "table.md", "quality_vs_time.png", "samples.png"):
@@ -135,9 +137,9 @@ def test_sweep_summary_and_bars():
     """Mean and min-max per row over seeds; the bars need the recipe rows apart from the control."""
     from sfv_core.toy.experiment import summarise, sweep_bars
 
-    def rows(sfv, per_element, control, teacher):
+    def rows(sfv, per_element, control, teacher, lora32=0.4):
         names = {"SF-V, 1 step": sfv, "SF-V (per-element reconstruction), 1 step": per_element,
-                 "control: adversarial weight 0, 1 step": control, "teacher, 1 step, no CFG": teacher}
+                 "control: adversarial weight 0, 1 step": control, "teacher, 1 step, no CFG": teacher, "SF-V LoRA rank 32, 1 step": lora32}
         return [{"method": k, "unet_passes": 1, "fvd_proxy_vs_recon": v, "fvd_proxy": v + 5, "seconds_per_clip": 0.3, "unet_seconds_per_clip": 0.01} for k, v in names.items()]
 
     summary = summarise([rows(0.16, 0.5, 0.87, 0.86), rows(0.41, 0.8, 0.76, 0.86), rows(0.33, 0.6, 0.86, 0.86)])
@@ -147,3 +149,5 @@ def test_sweep_summary_and_bars():
     assert bars["SF-V, 1 step: mean below the control's, seed ranges apart"]
     assert not bars["SF-V (per-element reconstruction), 1 step: mean below the control's, seed ranges apart"]  # 0.8 > 0.76
     assert bars["SF-V, 1 step: mean <= 0.5 x the teacher's 1 step mean (the better of CFG / no CFG)"]  # 0.30 <= 0.43
+    assert bars["SF-V LoRA rank 32, 1 step: mean <= 1.5 x the full fine-tune's (SF-V, 1 step)"]  # 0.40 <= 0.45
+    assert not sweep_bars(summarise([rows(0.3, 0.5, 0.87, 0.86, lora32=0.5)] * 3))["SF-V LoRA rank 32, 1 step: mean <= 1.5 x the full fine-tune's (SF-V, 1 step)"]
