@@ -167,15 +167,18 @@ class Trainer(RunTrainer):
 
         return self.accelerator.distributed_type == DistributedType.FSDP
 
+    # accelerate lists the models as they were before wrapping (DDP): the UNet itself.
     def _drop_generator_weights(self, models, weights, output_dir) -> None:
         for index, model in enumerate(models):
-            if model is self.generator and index < len(weights):
+            if model is self.model.unet and index < len(weights):
                 weights.pop(index)
                 return
 
     def _skip_generator_weights(self, models, input_dir) -> None:
-        if self.generator in models:
-            models.remove(self.generator)
+        for index, model in enumerate(models):
+            if model is self.model.unet:
+                models.pop(index)
+                return
 
     # ---- losses -------------------------------------------------------------------------
 
