@@ -84,8 +84,13 @@ class LoraAdapters:
     """The adapters of one UNet: injection, switching them off, recompute, export, checkpoint state."""
 
     def __init__(self, unet: nn.Module, model_cfg):
-        from peft import LoraConfig, inject_adapter_in_model
-        from peft.tuners.tuners_utils import BaseTunerLayer
+        try:
+            from peft import LoraConfig, inject_adapter_in_model
+            from peft.tuners.tuners_utils import BaseTunerLayer
+        except ImportError:
+            from . import EXTRAS_INSTALL
+
+            raise InputError(f"model.adapter lora needs PEFT, which is not installed: {EXTRAS_INSTALL}") from None
 
         self.spec = {"adapter": "lora", "rank": model_cfg.lora_rank, "alpha": float(model_cfg.lora_alpha), "targets": list(model_cfg.lora_targets)}
         self.targets = resolve_targets(unet, model_cfg.lora_targets, model_cfg.lora_rank)
