@@ -172,3 +172,13 @@ def test_the_exported_lora_merged_the_pack_s_way_equals_the_trained_generator(vi
         for unet in (base, merged_file):
             assert (denoise(unet.train(False), x, sigma, cond) - trained).abs().max() < 1e-2 * effect  # merging rounds small deltas into fp32 weights
     assert effect > 1e-2  # two steps did move the adapters
+
+
+@pytest.mark.parametrize("sets", [("r1_mode=exact", "heads=spatial"), ("r1_mode=approximate", "heads=temporal", "gradient_checkpointing=false")])
+def test_lora_mode_runs_both_r1_modes_and_head_kinds(videos, tmp_path, sets):
+    trainer = Trainer(tiny_config(videos, tmp_path, *LORA, "gradient_accumulation=1", "r1_interval=1", "lr_generator=0.01", *sets))
+    trainer.setup_data()
+    values = trainer.train_step()
+    assert torch.isfinite(torch.tensor(values["r1_last"])) and values["r1_last"] > 0
+    moved = [n for n, p in trainer.generator.named_parameters() if ".lora_B." in n and p.abs().max() > 0]
+    assert moved
