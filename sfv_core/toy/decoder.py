@@ -184,11 +184,14 @@ def main(argv=None) -> int:
     parser.add_argument("--quick", action="store_true", help="a smoke run with a few steps")
     parser.add_argument("--ship", action="store_true", help="also bundle the decoder into sfv_core/assets")
     parser.add_argument("--steps", type=int, help="distillation steps (default 600)")
+    parser.add_argument("--threads", type=int, help="torch threads (default 2; 1 leaves a core to another job)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     cfg = ToyDecoderConfig.quick() if args.quick else ToyDecoderConfig()
     if args.steps:
         cfg.steps = args.steps
+    if args.threads:
+        cfg.threads = args.threads
     results = run(args.out, cfg)
     print(table(results))
     if args.ship:
