@@ -112,16 +112,21 @@ class SFVLoader:
         }
 
     def load(self, checkpoint, sfv_unet, dtype, attention, compile="auto", sfv_lora=NO_LORA, lora_strength=1.0):
-        from ..sfv_core.checkpoints import load_model, load_sfv_unet
-        from ..sfv_core.lora import apply_lora_file
+        from ..sfv_core.checkpoints import check_sfv_unet, inspect_full_model, load_model, load_sfv_unet
+        from ..sfv_core.lora import apply_lora_file, check_lora
 
         with user_errors():
             limits.LORA_STRENGTH.check(lora_strength, "lora_strength")
-            lora_path = sfv_lora_path(sfv_lora)
+            lora_path, unet_path = sfv_lora_path(sfv_lora), sfv_unet_path(sfv_unet)
             runtime = resolve_runtime(comfy_runtime.compute_device(), dtype, "auto", attention, COMPILE_SWITCH[compile])
+            # From headers, before minutes of loading: the extra files fit the checkpoint.
+            base = inspect_full_model(checkpoint_path(checkpoint))
+            if unet_path is not None:
+                check_sfv_unet(unet_path, base)
+            if lora_path is not None:
+                check_lora(lora_path, base)
             storage = comfy_runtime.storage_device()
             model = load_model(checkpoint_path(checkpoint), dtype=runtime.dtype, device=storage)
-            unet_path = sfv_unet_path(sfv_unet)
             if unet_path is not None:
                 model = load_sfv_unet(unet_path, model, dtype=runtime.dtype, device=storage)
             if lora_path is not None:

@@ -413,8 +413,17 @@ def test_loader_node_merges_a_lora_from_either_folder(files, tmp_path, monkeypat
         lora.merge_lora(expected.unet, lora.read_lora(root / ("loras" if name.startswith("a") else "sfv") / name, expected.unet), strength)
         actual = model.model.unet.state_dict()
         assert all(torch.equal(tensor, actual[key]) for key, tensor in expected.unet.state_dict().items())
-    with pytest.raises(ValueError, match="two text encoders of an SDXL model"):
-        run_node("SFVLoader", **inputs, sfv_lora="sdxl.safetensors")
+    import sys
+
+    from test_nodes import PACK_NAME
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("the model loaded before the LoRA was checked")
+
+    with monkeypatch.context() as patched:  # refused from the headers, before the model loads
+        patched.setattr(sys.modules[f"{PACK_NAME}.sfv_core.checkpoints"], "load_model", no_loading)
+        with pytest.raises(ValueError, match="two text encoders of an SDXL model"):
+            run_node("SFVLoader", **inputs, sfv_lora="sdxl.safetensors")
     with pytest.raises(ValueError, match="lora_strength must be between"):
         run_node("SFVLoader", **inputs, sfv_lora="a_lora.safetensors", lora_strength=math.nan)
 
