@@ -151,3 +151,25 @@ def test_sweep_summary_and_bars():
     assert bars["SF-V, 1 step: mean <= 0.5 x the teacher's 1 step mean (the better of CFG / no CFG)"]  # 0.30 <= 0.43
     assert bars["SF-V LoRA rank 32, 1 step: mean <= 1.5 x the full fine-tune's (SF-V, 1 step)"]  # 0.40 <= 0.45
     assert not sweep_bars(summarise([rows(0.3, 0.5, 0.87, 0.86, lora32=0.5)] * 3))["SF-V LoRA rank 32, 1 step: mean <= 1.5 x the full fine-tune's (SF-V, 1 step)"]
+
+
+def test_combine_groups_separate_runs_by_seed(tmp_path):
+    """Runs made apart (a seed's LoRA rows later, with reuse_teacher) summarise as one sweep."""
+    import json
+
+    from sfv_core.toy.experiment import combine
+
+    def write(folder, seed, rows, total):
+        folder.mkdir()
+        rows = [{"method": m, "unet_passes": 1, "fvd_proxy_vs_recon": v, "fvd_proxy": v + 5, "seconds_per_clip": 0.3, "unet_seconds_per_clip": 0.01} for m, v in rows.items()]
+        (folder / "results.json").write_text(json.dumps({"config": {"seed": seed}, "rows": rows, "timings_s": {"total": total}}))
+
+    for seed, sfv in ((0, 0.2), (1, 0.4)):
+        write(tmp_path / f"main{seed}", seed, {"teacher, 1 step, no CFG": 0.9, "SF-V, 1 step": sfv, "control: adversarial weight 0, 1 step": 0.8}, 100.0)
+        write(tmp_path / f"lora{seed}", seed, {"teacher, 1 step, no CFG": 0.95, "SF-V LoRA rank 32, 1 step": sfv + 0.1}, 50.0)
+    results = combine(tmp_path / "out", [tmp_path / n for n in ("main0", "lora0", "main1", "lora1")])
+    rows = {r["method"]: r["fvd_proxy_vs_recon"] for r in results["summary"]}
+    assert rows["teacher, 1 step, no CFG"]["seeds"] == [0.9, 0.9]  # the first measurement of a repeated row
+    assert rows["SF-V LoRA rank 32, 1 step"]["mean"] == pytest.approx(0.4)
+    assert results["bars"]["SF-V LoRA rank 32, 1 step: mean <= 1.5 x the full fine-tune's (SF-V, 1 step)"]
+    assert results["seconds_per_seed"] == {0: 150.0, 1: 150.0} and (tmp_path / "out" / "sweep.md").is_file()

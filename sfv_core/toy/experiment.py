@@ -471,7 +471,7 @@ def sweep_table(results: dict) -> str:
         lines.append(f"| {r['method']} | {r['unet_passes']} | " + " | ".join(cell(r[k]) for k in SWEEP_KEYS) + " |")
     lines.append("")
     lines += [f"- {k}: {'MET' if v else 'not met'}" for k, v in results["bars"].items()]
-    lines.append("- wall time per seed (s): " + ", ".join(f"seed {s} {t:.0f}" for s, t in results["seconds_per_seed"].items()))
+    lines.append("- wall time per seed, all its runs (s): " + ", ".join(f"seed {s} {t:.0f}" for s, t in results["seconds_per_seed"].items()))
     return "\n".join(lines) + "\n"
 
 
@@ -487,6 +487,31 @@ def sweep(out: str | Path, cfg: ToyConfig, seeds: list[int]) -> dict:
         seconds[seed] = time.perf_counter() - started
     summary = summarise([r["rows"] for r in per_seed])
     results = {"config": asdict(cfg), "seeds": list(seeds), "summary": summary, "bars": sweep_bars(summary), "seconds_per_seed": seconds}
+    (out / "sweep.json").write_text(json.dumps(results, indent=1))
+    (out / "sweep.md").write_text(sweep_table(results))
+    return results
+
+
+def combine(out: str | Path, folders: list[str | Path]) -> dict:
+    """One sweep summary from runs made apart (e.g. a seed's LoRA rows run later with
+    reuse_teacher): each folder's results.json, grouped by seed; a row the seed already has
+    (the teacher's, recomputed by every run) keeps its first measurement."""
+    by_seed: dict[int, list[dict]] = {}
+    seconds: dict[int, float] = {}
+    for folder in folders:
+        results = json.loads((Path(folder) / "results.json").read_text())
+        seed = results["config"]["seed"]
+        seconds[seed] = seconds.get(seed, 0.0) + results["timings_s"]["total"]
+        rows = by_seed.setdefault(seed, [])
+        rows += [r for r in results["rows"] if r["method"] not in {have["method"] for have in rows}]
+    seeds = sorted(by_seed)
+    methods = [{r["method"] for r in by_seed[seed]} for seed in seeds]
+    common = set.intersection(*methods)
+    summary = summarise([[r for r in by_seed[seed] if r["method"] in common] for seed in seeds])
+    results = {"seeds": seeds, "folders": [str(f) for f in folders], "summary": summary, "bars": sweep_bars(summary),
+               "rows_not_in_every_seed": sorted(set.union(*methods) - common), "seconds_per_seed": seconds}
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
     (out / "sweep.json").write_text(json.dumps(results, indent=1))
     (out / "sweep.md").write_text(sweep_table(results))
     return results
@@ -579,12 +604,17 @@ def main(argv=None) -> int:
     parser.add_argument("--quick", action="store_true", help="a smoke run with a few steps of everything")
     parser.add_argument("--ship", action="store_true", help="also bundle the SF-V model and a start image into sfv_core/assets (the CLI's default demo)")
     parser.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE", help="override ToyConfig fields, e.g. pretrain_steps=800")
+    parser.add_argument("--combine", nargs="+", metavar="RUN_FOLDER",
+                        help="summarise finished runs (their results.json) into --out/sweep.md as one seed sweep, rows grouped by seed")
     parser.add_argument("--seeds", nargs="+", type=int, metavar="SEED",
                         help="the seed sweep: the whole run once per seed, into --out/seed-N, then mean and min-max per row "
                              "(sweep.md, sweep.json). Head ablations are left out unless --set variants=... names them")
     args = parser.parse_args(argv)
     if args.seeds and args.ship:
         parser.error("--ship bundles one run's model: run it without --seeds")
+    if args.combine:
+        print(sweep_table(combine(args.out, args.combine)))
+        return 0
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     cfg = ToyConfig.quick() if args.quick else ToyConfig()
     for pair in args.set:
