@@ -34,6 +34,16 @@ TARGET_GROUPS = {
 ADAPTABLE = (nn.Linear, nn.Conv2d, nn.Conv3d)
 
 
+def adapter_weights(state: dict) -> dict:
+    """The adapters' factors of a UNet state dict (PEFT's `<module>.lora_A/lora_B.<adapter>.weight`)."""
+    return {k: v for k, v in state.items() if ".lora_" in k}
+
+
+def base_weights(state: dict) -> dict:
+    """The frozen base of a UNet state dict, under the plain UNet's names (PEFT inserts `base_layer`)."""
+    return {k.replace(".base_layer.", "."): v for k, v in state.items() if ".lora_" not in k}
+
+
 def target_pattern(targets) -> str:
     """One full-match regex over module names (PEFT's string form of target_modules)."""
     return "|".join(f"(?:{TARGET_GROUPS.get(t, t)})" for t in targets)
@@ -144,19 +154,19 @@ class LoraAdapters:
         from ..lora import peft_layers
 
         state = state if state is not None else self.unet.state_dict()
-        factors = {k: v.detach().float().cpu() for k, v in state.items() if ".lora_" in k}
+        factors = {k: v.detach().float().cpu() for k, v in adapter_weights(state).items()}
         return peft_layers(factors, self.spec["alpha"])
 
     def state_dict(self) -> dict:
         """The spec and the adapter weights (the frozen base is not checkpointed: it is the base file)."""
-        return {**self.spec, "weights": {k: v.detach().cpu() for k, v in self.unet.state_dict().items() if ".lora_" in k}}
+        return {**self.spec, "weights": {k: v.detach().cpu() for k, v in adapter_weights(self.unet.state_dict()).items()}}
 
     def load_state_dict(self, state: dict) -> None:
         saved = {k: state[k] for k in self.spec}
         if saved != self.spec:
             raise InputError(f"this run's checkpoint was trained with {describe(saved)}, the config says {describe(self.spec)}: "
                              "set the checkpoint's settings, or use another run.output_dir")
-        own = {k for k in self.unet.state_dict() if ".lora_" in k}
+        own = set(adapter_weights(self.unet.state_dict()))
         if set(state["weights"]) != own:
             raise InputError("the checkpoint's adapter weights do not match this UNet's adapters: use another run.output_dir")
         with torch.no_grad():

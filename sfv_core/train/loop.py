@@ -44,6 +44,15 @@ def load_base_model(path: str) -> SVDModel:
     return load_model(path, dtype=torch.float32, device="cpu")
 
 
+def base_unet_config(path: str) -> dict:
+    """The base UNet's config from the checkpoint's header alone (no weights read)."""
+    if path == TINY_RANDOM:
+        return dict(TINY.unet)
+    from ..checkpoints import inspect_full_model
+
+    return inspect_full_model(path).unet_config
+
+
 def check_rng_states(folder: Path, rank: int) -> None:
     """accelerate skips an unreadable RNG file with an info log, which would quietly break the
     exact resume: read it first (weights_only, as accelerate does) so a bad one is an error."""

@@ -29,10 +29,10 @@ from ..models import SVDModel
 from ..sampling import Conditioning, denoise
 from .config import cpu_advice
 from .diagnostics import GradientProbe, accuracy_parts, finish_accuracies
-from .adapters import LoraAdapters, describe
+from .adapters import LoraAdapters, adapter_weights, base_weights, describe
 from .discriminator import DiscriminatorHeads, FrozenUNetEncoder
 from .ema import EMA
-from .loop import PRECISION_DTYPES, RunTrainer
+from .loop import PRECISION_DTYPES, RunTrainer, base_unet_config
 from .memory import enable_activation_checkpointing
 from .losses import (
     approximate_r1_penalty,
@@ -75,18 +75,9 @@ class Trainer(RunTrainer):
     def check_before_load(self) -> None:
         """LoRA targets and rank, resolved on the architecture the checkpoint's header describes."""
         if self.cfg.model.adapter == "lora":
-            from ..models import TINY
             from .adapters import check_model_targets
-            from .config import TINY_RANDOM
 
-            path = self.cfg.model.path
-            if path == TINY_RANDOM:
-                config = TINY.unet
-            else:
-                from ..checkpoints import inspect_full_model
-
-                config = inspect_full_model(path).unet_config
-            check_model_targets(self.cfg.model, config)
+            check_model_targets(self.cfg.model, base_unet_config(self.cfg.model.path))
 
     def check_checkpoint(self, folder: Path) -> None:
         """A checkpoint of a LoRA run resumes only as that LoRA run, and a full one only as a full one."""
@@ -355,10 +346,10 @@ class Trainer(RunTrainer):
 
         acc = self.accelerator
         folder = Path(folder) if folder else self.run_dir / "export"
-        keep = (lambda key: ".lora_" in key) if self.adapters else (lambda key: True)
         with self.ema.swapped_in():
             # Gathers shards under FSDP (every process calls it); copied before the live weights return.
-            state = {k: v.detach().to("cpu", copy=True) for k, v in acc.get_state_dict(self.generator).items() if keep(k)}
+            state = acc.get_state_dict(self.generator)
+            state = {k: v.detach().to("cpu", copy=True) for k, v in (adapter_weights(state) if self.adapters else state).items()}
         paths: list[Path] = []
         if acc.is_main_process:
             dtype = PRECISION_DTYPES[self.cfg.run.export_dtype]
@@ -392,7 +383,6 @@ class Trainer(RunTrainer):
         path = Path(save_lora(folder / LORA_FILE, layers, self.adapters.unet.config, metadata, dtype=dtype))
         unet = None
         if self.cfg.run.export_single_file:
-            base = {k.replace(".base_layer.", "."): v for k, v in self.adapters.unet.state_dict().items() if ".lora_" not in k}
-            unet = self._fresh_unet(base)
+            unet = self._fresh_unet(base_weights(self.adapters.unet.state_dict()))
             merge_lora(unet, layers, 1.0)
         return unet, path
