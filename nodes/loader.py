@@ -122,7 +122,7 @@ class SFVLoader:
             # From headers, before minutes of loading: the extra files fit the checkpoint.
             base = inspect_full_model(checkpoint_path(checkpoint))
             if unet_path is not None:
-                check_sfv_unet(unet_path, base)
+                check_sfv_unet(unet_path, base.unet_config, base.path)
             if lora_path is not None:
                 check_lora(lora_path, base)
             storage = comfy_runtime.storage_device()

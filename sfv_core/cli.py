@@ -162,7 +162,7 @@ def check_models(args, runtime, clips: int) -> None:
 
     base = inspect_full_model(args.checkpoint)
     if args.sfv_unet:
-        check_sfv_unet(args.sfv_unet, base)
+        check_sfv_unet(args.sfv_unet, base.unet_config, base.path)
     if args.sfv_lora:
         check_lora(args.sfv_lora, base)
     if args.decoder:
@@ -296,7 +296,7 @@ def run_extract_lora(args) -> None:
     check_writable(args.out)
     check_writable(report_path(args.out))
     base = inspect_full_model(args.base)
-    check_sfv_unet(args.tuned, base)
+    check_sfv_unet(args.tuned, base.unet_config, base.path)
     with reading_unet_state(args.base, base.unet_config, base.path) as base_state, reading_unet_state(args.tuned, base.unet_config, base.path) as tuned_state:
         layers, report = extract_lora(base_state, tuned_state, args.rank, DTYPES[args.dtype])
     if not layers:

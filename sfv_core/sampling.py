@@ -78,6 +78,10 @@ class Conditioning:
         channels, height, width = self.image_latent.shape[1:]
         return (self.clips, self.num_frames, channels, height, width)
 
+    def select(self, clips: torch.Tensor) -> "Conditioning":
+        """The conditioning of some clips (an index or boolean mask over clips)."""
+        return Conditioning(self.image_embeds[clips], self.image_latent[clips], self.added_time_ids[clips], self.num_frames)
+
     def to(self, device, dtype=None) -> "Conditioning":
         move = lambda t: t.to(device=device, dtype=dtype if dtype is not None else t.dtype)
         return Conditioning(move(self.image_embeds), move(self.image_latent), move(self.added_time_ids), self.num_frames)

@@ -127,7 +127,9 @@ def test_tiny_decoder_miniature_smoke(tmp_path, monkeypatch):
     results = run(tmp_path, ToyDecoderConfig(train_clips=2, heldout_clips=3, steps=1, batch_clips=1, threads=1))
     assert [r["method"] for r in results["rows"]] == ["SF-V 1 step + full decoder", "SF-V 1 step + tiny decoder"]
     assert all(np.isfinite(r["fvd_proxy"]) and r["decode_seconds_per_clip"] > 0 for r in results["rows"])
-    assert all(np.isfinite(f["psnr_db_mean"]) and -1 <= f["ssim_mean"] <= 1 for f in results["fidelity"])
+    assert all(np.isfinite(f["psnr_db_mean"]) and -1 <= f["ssim_mean"] <= 1 and f["motion_ratio"] > 0 for f in results["fidelity"])
+    # The student also learnt from the toy SF-V's samples (generated.sfv_unet = the toy model).
+    assert "generated_clips" in (tmp_path / "distil" / "loss.csv").read_text().splitlines()[0]
     assert (tmp_path / "table.md").is_file() and len(results["bars"]) == 3
     monkeypatch.setattr(sfv_core.assets, "TOY_TINY_DECODER", tmp_path / "assets" / "tiny.safetensors")
     assert tiny_decoder.load_tiny_decoder(ship(results)).config == tiny_decoder.FULL_CONFIG

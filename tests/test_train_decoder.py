@@ -84,3 +84,58 @@ def test_cli_trains_exports_and_refuses_bad_settings(frames, tmp_path, capsys):
         main(["train-decoder", "--help"])
     out = capsys.readouterr().out
     assert exit_info.value.code == 0 and "decoder.widths" in out and "loss.temporal_weight" in out and "loss.r1_interval" not in out
+
+
+@pytest.fixture(scope="module")
+def sfv_unet_file(tmp_path_factory):
+    """An 'SF-V UNet' for the tiny-random base: the same architecture, other weights."""
+    from sfv_core.checkpoints import save_unet_file
+    from sfv_core.models import build_random_model
+
+    return save_unet_file(build_random_model(seed=7).unet, tmp_path_factory.mktemp("sfv") / "sfv_unet.safetensors", layout="sgm")
+
+
+def test_generated_latents_replace_the_drawn_share_with_sfv_samples(frames, sfv_unet_file, tmp_path):
+    from safetensors.torch import load_file
+
+    from sfv_core import sampling
+
+    trainer = DecoderTrainer(config(frames, tmp_path, f"generated.sfv_unet={sfv_unet_file}", "generated.fraction=0.5", "batch_size=4"))
+    # The SF-V weights are what samples, not the base's.
+    some_key = "input_blocks.0.0.weight"
+    assert torch.equal(trainer.sfv_unet.state_dict()["conv_in.weight"], load_file(str(sfv_unet_file))[some_key])
+    trainer.setup_data()
+    latents, cond, _ = trainer.next_inputs()
+    state = trainer.progress.noise.get_state()
+    mixed, count = trainer.with_generated(latents, cond)
+
+    replay = torch.Generator().set_state(state)
+    picked = torch.rand(len(latents), generator=replay) < 0.5
+    assert count == int(picked.sum()) and 0 < count < len(latents)  # this seed draws a real mix
+    assert torch.equal(mixed[~picked], latents[~picked])
+    assert torch.equal(mixed[picked], sampling.sample(trainer.sfv_unet, cond.select(picked), replay, steps=1))
+
+    trainer.cfg.run.steps = 2
+    trainer.train()
+    log = (tmp_path / "loss.csv").read_text().splitlines()
+    column = log[0].split(",").index("generated_clips")
+    assert all(0 <= float(row.split(",")[column]) <= 4 for row in log[1:])
+
+
+def test_generated_settings_are_checked_before_the_model_loads(frames, sfv_unet_file, tmp_path, monkeypatch):
+    from sfv_core.checkpoints import save_unet_file
+    from sfv_core.errors import CheckpointError, InputError
+    from sfv_core.models import TINY, SVDConfigs, build_random_model, unet_config
+    from sfv_core.train import loop
+
+    monkeypatch.setattr(loop, "load_base_model", lambda path: pytest.fail("loaded the model before checking the settings"))
+    with pytest.raises(InputError, match="generated.fraction is a share"):
+        DecoderTrainer(config(frames, tmp_path, f"generated.sfv_unet={sfv_unet_file}", "generated.fraction=1.5"))
+    with pytest.raises(InputError, match="would load and never be used"):
+        DecoderTrainer(config(frames, tmp_path, f"generated.sfv_unet={sfv_unet_file}", "generated.fraction=0"))
+    wider = SVDConfigs(unet=unet_config(block_out_channels=(64, 64, 64, 64), layers_per_block=1, cross_attention_dim=32), vae=TINY.vae, image_encoder=TINY.image_encoder)
+    other = save_unet_file(build_random_model(wider).unet, tmp_path / "other.safetensors")
+    with pytest.raises(CheckpointError, match="different architecture than the base model"):
+        DecoderTrainer(config(frames, tmp_path, f"generated.sfv_unet={other}"))
+    with pytest.raises((CheckpointError, InputError), match="missing.safetensors"):
+        DecoderTrainer(config(frames, tmp_path, f"generated.sfv_unet={tmp_path / 'missing.safetensors'}"))

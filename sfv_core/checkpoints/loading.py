@@ -289,9 +289,10 @@ def _unet_weights(path, base_unet_config: Mapping, base_label: str) -> tuple[Wei
     return weights, layout, root
 
 
-def check_sfv_unet(path, base: CheckpointInfo) -> None:
-    """What load_sfv_unet checks first, from headers only: before any weights are read."""
-    _unet_weights(path, base.unet_config, base.path)
+def check_sfv_unet(path, base_unet_config: Mapping, base_label: str) -> None:
+    """What load_sfv_unet checks first, from headers only (the base's config too, e.g.
+    `inspect_full_model(...).unet_config`): before any weights are read."""
+    _unet_weights(path, base_unet_config, base_label)
 
 
 @names_the_damage

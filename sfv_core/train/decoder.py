@@ -4,6 +4,10 @@ The user's videos are encoded by the checkpoint's VAE (on the fly, or once into 
 cache, exactly as for SF-V training); each step the teacher (the temporal decoder) decodes a
 batch of those latents under no_grad and the student learns to give the same pixels: L1 on the
 pixels, on their spatial gradients (edges) and on their frame-to-frame differences (flicker).
+With `generated.sfv_unet` set, a share of each batch is replaced by SF-V's own 1-step samples
+from the same clips' conditioning: the latents the decoder will decode in use, which lie off
+the VAE encoder's outputs that real clips give (in the miniature, a decoder distilled on real
+clips only lost 5 dB on generated latents).
 The config, data, accelerate launch, checkpoints and logs are the SF-V trainer's (`loop`).
 """
 
@@ -18,10 +22,12 @@ from pathlib import Path
 
 import torch
 
+from ..errors import InputError
 from ..models import VAE_SCALING_FACTOR
+from ..sampling import Conditioning, sample
 from ..tiny_decoder import TinyDecoder, TinyDecoderConfig, check_fits, save_tiny_decoder
 from .config import DataConfig, ModelConfig, RunConfig, common_checks, doc, raise_failed
-from .loop import PRECISION_DTYPES, RunTrainer
+from .loop import PRECISION_DTYPES, RunTrainer, base_unet_config
 from .losses import decoder_distillation_losses
 
 log = logging.getLogger("sfv_core.train")
@@ -46,6 +52,13 @@ class DecoderOptimConfig:
     gradient_accumulation: int = doc("Micro-batches per optimiser step.", 1)
 
 
+@dataclass
+class GeneratedLatentsConfig:
+    sfv_unet: str = doc("An SF-V UNet (train's export/sfv_unet.safetensors, or its merged single file) whose 1-step samples the student learns to decode as well: "
+                        "the latents it meets in use. Empty: only the latents of the data's clips.", "")
+    fraction: float = doc("Share of the clips, drawn clip by clip each step, replaced by SF-V's sample from that clip's own conditioning (start frame, fps, motion, augmentation).", 0.5)
+
+
 def decoder_data_defaults() -> DataConfig:
     # Shorter, smaller clips than SF-V's: the student is per-frame plus one-frame memory, and
     # the teacher's decode of every batch is most of a step's cost.
@@ -64,6 +77,7 @@ class DecoderTrainConfig:
     decoder: TinyDecoderConfig = field(default_factory=TinyDecoderConfig)
     loss: DecoderLossConfig = field(default_factory=DecoderLossConfig)
     optim: DecoderOptimConfig = field(default_factory=DecoderOptimConfig)
+    generated: GeneratedLatentsConfig = field(default_factory=GeneratedLatentsConfig)
     run: RunConfig = field(default_factory=decoder_run_defaults)
 
     def validate(self) -> "DecoderTrainConfig":
@@ -73,6 +87,9 @@ class DecoderTrainConfig:
              "run.preview_every, run.export_single_file and run.gradient_checkpointing are SF-V settings: leave them 0 / false for train-decoder"),
             (min(self.loss.pixel_weight, self.loss.edge_weight, self.loss.temporal_weight) >= 0, "loss weights must be >= 0"),
             (self.optim.lr >= 0, "optim.lr must be >= 0"),
+            (0.0 <= self.generated.fraction <= 1.0, f"generated.fraction is a share of the clips: give 0..1, got {self.generated.fraction}"),
+            (not self.generated.sfv_unet or self.generated.fraction > 0,
+             "generated.sfv_unet is set but generated.fraction is 0, so it would load and never be used: give a fraction > 0 or leave sfv_unet empty"),
         ]
         return raise_failed(checks, self)
 
@@ -81,10 +98,18 @@ class DecoderTrainConfig:
 
 
 class DecoderTrainer(RunTrainer):
+    def check_before_load(self) -> None:
+        """The SF-V UNet of `generated` against the base checkpoint, from headers only."""
+        if self.cfg.generated.sfv_unet:
+            from ..checkpoints import check_sfv_unet
+
+            check_sfv_unet(self.cfg.generated.sfv_unet, base_unet_config(self.cfg.model.path), self.cfg.model.path)
+
     def build(self) -> list:
         cfg = self.cfg
         student = TinyDecoder(cfg.decoder)
         check_fits(student, self.model.vae)
+        self.sfv_unet = self._load_sfv_unet() if cfg.generated.sfv_unet else None
         self.model.vae.requires_grad_(False).train(False)
         self.model.image_encoder.requires_grad_(False)
         # The teacher decodes every step: the VAE stays on the device (CLIP only while encoding).
@@ -94,8 +119,34 @@ class DecoderTrainer(RunTrainer):
         self.student, self.optimizer = self.accelerator.prepare(student.to(self.device), optimizer)
         return {}
 
+    def _load_sfv_unet(self) -> torch.nn.Module:
+        """The SF-V UNet in place of the base's (which the decoder never uses), frozen, on the device."""
+        from ..checkpoints import load_sfv_unet
+
+        frozen_dtype = PRECISION_DTYPES[self.cfg.run.mixed_precision]
+        sfv = load_sfv_unet(self.cfg.generated.sfv_unet, self.model, dtype=frozen_dtype, device=self.device)
+        self.model = dataclasses.replace(self.model, unet=sfv.unet)
+        return sfv.unet.requires_grad_(False).eval()
+
     def vae_needed_after_cache(self) -> bool:
         return True
+
+    @torch.no_grad()
+    def with_generated(self, latents: torch.Tensor, cond: Conditioning) -> tuple[torch.Tensor, int]:
+        """Model-space latents with a share of the clips (drawn from the run's checkpointed noise
+        generator) replaced by SF-V's 1-step sample from their own conditioning; and how many."""
+        if self.sfv_unet is None:
+            return latents, 0
+        picked = torch.rand(len(latents), generator=self.progress.noise) < self.cfg.generated.fraction
+        if not picked.any():
+            return latents, 0
+        with self.accelerator.autocast():
+            generated = sample(self.sfv_unet, cond.select(picked.to(cond.image_latent.device)), self.progress.noise, steps=1)
+        if not torch.isfinite(generated).all():
+            raise InputError(f"the SF-V UNet {self.cfg.generated.sfv_unet} sampled NaN or infinite latents: check that file, or train with run.mixed_precision fp32 / bf16")
+        latents = latents.clone()
+        latents[picked.to(latents.device)] = generated.to(latents)
+        return latents, int(picked.sum())
 
     @torch.no_grad()
     def teacher_pixels(self, raw_latents: torch.Tensor) -> torch.Tensor:
@@ -120,8 +171,11 @@ class DecoderTrainer(RunTrainer):
         acc, accumulation = self.accelerator, self.cfg.optim.gradient_accumulation
         totals: dict = defaultdict(float)
         for micro in range(accumulation):
-            latents, _cond, skipped = self.next_inputs()
+            latents, cond, skipped = self.next_inputs()
+            latents, generated = self.with_generated(latents, cond)
             totals["skipped_sources"] += skipped
+            if self.sfv_unet is not None:
+                totals["generated_clips"] += generated
             with nullcontext() if micro == accumulation - 1 else acc.no_sync(self.student):
                 loss, parts = self.loss(latents / VAE_SCALING_FACTOR)  # the cache holds model-space latents
                 acc.backward(loss / accumulation)
