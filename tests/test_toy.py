@@ -135,6 +135,14 @@ def test_tiny_decoder_miniature_smoke(tmp_path, monkeypatch):
     assert tiny_decoder.load_tiny_decoder(ship(results)).config == tiny_decoder.FULL_CONFIG
 
 
+def test_tiny_decoder_miniature_refuses_a_bad_trainer_setting_before_any_work(tmp_path, capsys):
+    from sfv_core.toy.decoder import main
+
+    assert main(["--quick", "--out", str(tmp_path / "run"), "--set", "loss.temporal_weight=strong"]) == 2
+    assert "loss.temporal_weight expects float" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+
+
 def test_sweep_summary_and_bars():
     """Mean and min-max per row over seeds; the bars need the recipe rows apart from the control."""
     from sfv_core.toy.experiment import summarise, sweep_bars

@@ -25,6 +25,7 @@ import argparse
 import json
 import logging
 import shutil
+import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -32,6 +33,7 @@ from pathlib import Path
 import torch
 
 from .. import sampling, tiny_decoder
+from ..errors import InputError
 from . import data as toy_data
 from . import experiment, metric
 
@@ -48,6 +50,8 @@ class ToyDecoderConfig:
     # Share of the training clips replaced by SF-V samples (0: real-clip latents only, as the
     # runs before it; those lost 5 dB on generated latents against 30 dB on real ones).
     generated_fraction: float = 0.5
+    # More train-decoder fields, as --set pairs (e.g. "loss.temporal_weight=3"), applied last.
+    train_sets: tuple = ()
     seed: int = 0
     threads: int = 2
 
@@ -56,10 +60,10 @@ class ToyDecoderConfig:
         return cls(train_clips=4, heldout_clips=6, steps=2, batch_clips=2)
 
 
-def distil(cfg: ToyDecoderConfig, checkpoint: Path, data_path: Path, out: Path) -> tuple[Path, float]:
-    """Train and export with the project's trainer; returns (the decoder file, seconds)."""
+def trainer_config(cfg: ToyDecoderConfig, checkpoint: Path, data_path: Path, out: Path):
+    """The train-decoder config of the distillation (validated: a bad --set fails here, first)."""
     from ..train.config import load_config
-    from ..train.decoder import DecoderTrainConfig, DecoderTrainer
+    from ..train.decoder import DecoderTrainConfig
 
     toy = experiment.ToyConfig()
     sets = [
@@ -68,12 +72,20 @@ def distil(cfg: ToyDecoderConfig, checkpoint: Path, data_path: Path, out: Path) 
         f"batch_size={cfg.batch_clips}", f"optim.lr={cfg.lr}", f"run.steps={cfg.steps}", f"run.checkpoint_every={cfg.steps}",
         "run.mixed_precision=fp32", "run.export_dtype=fp16", "run.log_every=50", "run.resume=false", f"run.seed={cfg.seed}",
         *([f"generated.sfv_unet={checkpoint}", f"generated.fraction={cfg.generated_fraction}"] if cfg.generated_fraction > 0 else []),
+        *cfg.train_sets,
     ]
+    return load_config(None, sets, DecoderTrainConfig).validate()
+
+
+def distil(train_cfg) -> tuple[Path, float]:
+    """Train and export with the project's trainer; returns (the decoder file, seconds)."""
+    from ..train.decoder import DecoderTrainer
+
     started = time.perf_counter()
-    trainer = DecoderTrainer(load_config(None, sets, DecoderTrainConfig))
+    trainer = DecoderTrainer(train_cfg)
     trainer.train()
     (path,) = trainer.export()
-    shutil.rmtree(out / "checkpoints", ignore_errors=True)  # resumable state is not needed here
+    shutil.rmtree(Path(train_cfg.run.output_dir) / "checkpoints", ignore_errors=True)  # resumable state is not needed here
     return path, time.perf_counter() - started
 
 
@@ -157,15 +169,16 @@ def run(out: str | Path, cfg: ToyDecoderConfig | None = None, checkpoint: Path |
     checkpoint = Path(checkpoint or TOY_CHECKPOINT)
     torch.set_num_threads(cfg.threads)
     out = Path(out)
+    data_path = out / "data" / "train"
+    train_cfg = trainer_config(cfg, checkpoint, data_path, out / "distil")
     shutil.rmtree(out / "distil", ignore_errors=True)
     timings = {}
     t0 = time.perf_counter()
     toy = experiment.ToyConfig()
-    data_path = out / "data" / "train"
     shutil.rmtree(out / "data", ignore_errors=True)
     toy_data.write_frame_folders(toy_data.generate_split("train", cfg.train_clips, toy.num_frames, toy.size), data_path)
     timings["data"] = time.perf_counter() - t0
-    decoder_path, timings["distil"] = distil(cfg, checkpoint, data_path, out / "distil")
+    decoder_path, timings["distil"] = distil(train_cfg)
     t0 = time.perf_counter()
     results = evaluate(cfg, checkpoint, decoder_path)
     timings["evaluation"] = time.perf_counter() - t0
@@ -193,6 +206,7 @@ def main(argv=None) -> int:
     parser.add_argument("--steps", type=int, help="distillation steps (default 600)")
     parser.add_argument("--threads", type=int, help="torch threads (default 2; 1 leaves a core to another job)")
     parser.add_argument("--generated-fraction", type=float, help="share of the training clips replaced by the toy SF-V's samples (default 0.5; 0: real-clip latents only)")
+    parser.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE", help="train-decoder config fields for the distillation, e.g. loss.temporal_weight=3")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     cfg = ToyDecoderConfig.quick() if args.quick else ToyDecoderConfig()
@@ -202,7 +216,12 @@ def main(argv=None) -> int:
         cfg.threads = args.threads
     if args.generated_fraction is not None:
         cfg.generated_fraction = args.generated_fraction
-    results = run(args.out, cfg)
+    cfg.train_sets = tuple(args.set)
+    try:
+        results = run(args.out, cfg)
+    except InputError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     print(table(results))
     if args.ship:
         print(ship(results))
