@@ -133,6 +133,10 @@ def test_tiny_decoder_miniature_smoke(tmp_path, monkeypatch):
     assert (tmp_path / "table.md").is_file() and len(results["bars"]) == 3
     monkeypatch.setattr(sfv_core.assets, "TOY_TINY_DECODER", tmp_path / "assets" / "tiny.safetensors")
     assert tiny_decoder.load_tiny_decoder(ship(results)).config == tiny_decoder.FULL_CONFIG
+    # --evaluate: the same scoring of an existing decoder, no data and no distillation.
+    again = run(tmp_path / "again", ToyDecoderConfig(heldout_clips=3, threads=1), decoder=results["files"]["decoder"])
+    assert again["fidelity"] == results["fidelity"] and (tmp_path / "again" / "samples.png").is_file()
+    assert sorted(p.name for p in (tmp_path / "again").iterdir()) == ["results.json", "samples.png", "table.md"]
 
 
 def test_tiny_decoder_miniature_refuses_a_bad_trainer_setting_before_any_work(tmp_path, capsys):
@@ -141,6 +145,9 @@ def test_tiny_decoder_miniature_refuses_a_bad_trainer_setting_before_any_work(tm
     assert main(["--quick", "--out", str(tmp_path / "run"), "--set", "loss.temporal_weight=strong"]) == 2
     assert "loss.temporal_weight expects float" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
+    (tmp_path / "cut.safetensors").write_bytes(b"\x10\x00")
+    assert main(["--out", str(tmp_path / "run"), "--evaluate", str(tmp_path / "cut.safetensors")]) == 2
+    assert "cut.safetensors" in capsys.readouterr().err and not (tmp_path / "run").exists()
 
 
 def test_sweep_summary_and_bars():

@@ -16,7 +16,9 @@ A separate step of the miniature: it starts from the shipped toy SF-V model
      decode against the full decode, and the FVD proxy of each against the real held-out clips
      and against the VAE's reconstructions of them; the same PSNR / SSIM on the VAE latents of
      the real held-out clips.
-Writes results.json and table.md into --out; --ship bundles the decoder into sfv_core/assets.
+Writes results.json, table.md and samples.png (real, full decode, tiny decode of the first
+held-out clips) into --out; --ship bundles the decoder into sfv_core/assets; --evaluate FILE
+scores an existing decoder instead of distilling one.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from pathlib import Path
 import torch
 
 from .. import sampling, tiny_decoder
-from ..errors import InputError
+from ..errors import CheckpointError, InputError
 from . import data as toy_data
 from . import experiment, metric
 
@@ -122,7 +124,8 @@ def compare(name: str, full: torch.Tensor, tiny: torch.Tensor) -> dict:
             "motion_ratio": metric.motion(tiny) / metric.motion(full)}
 
 
-def evaluate(cfg: ToyDecoderConfig, checkpoint: Path, decoder_path: Path) -> dict:
+def evaluate(cfg: ToyDecoderConfig, checkpoint: Path, decoder_path: Path) -> tuple[dict, dict]:
+    """The table's numbers, and the frames the samples image shows (held-out clips: real, full decode, tiny decode)."""
     toy = experiment.ToyConfig()
     model = experiment.load(checkpoint)
     decoder = tiny_decoder.load_tiny_decoder(decoder_path)
@@ -153,8 +156,8 @@ def evaluate(cfg: ToyDecoderConfig, checkpoint: Path, decoder_path: Path) -> dic
         "FVD proxy (vs real) of SF-V + tiny <= 1.3 x SF-V + full": tiny_row["fvd_proxy"] <= 1.3 * full_row["fvd_proxy"],
         "FVD proxy (vs VAE reconstructions) of SF-V + tiny <= 1.3 x SF-V + full": tiny_row["fvd_proxy_vs_recon"] <= 1.3 * full_row["fvd_proxy_vs_recon"],
     }
-    return {"rows": rows, "fidelity": fidelity, "bars": bars, "parameters": tiny_decoder.parameter_count(decoder),
-            "speedup": full_seconds / tiny_seconds}
+    results = {"rows": rows, "fidelity": fidelity, "bars": bars, "parameters": tiny_decoder.parameter_count(decoder), "speedup": full_seconds / tiny_seconds}
+    return results, {"real": heldout, "full decoder": full_frames, "tiny decoder": tiny_frames}
 
 
 def table(results: dict) -> str:
@@ -171,29 +174,36 @@ def table(results: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def run(out: str | Path, cfg: ToyDecoderConfig | None = None, checkpoint: Path | None = None) -> dict:
+def run(out: str | Path, cfg: ToyDecoderConfig | None = None, checkpoint: Path | None = None, decoder: Path | None = None) -> dict:
+    """Data, distillation and evaluation; with `decoder` (an existing tiny decoder file, e.g.
+    from train-decoder on the miniature's data), only the evaluation."""
     from ..assets import TOY_CHECKPOINT
 
     cfg = cfg or ToyDecoderConfig()
     checkpoint = Path(checkpoint or TOY_CHECKPOINT)
     torch.set_num_threads(cfg.threads)
     out = Path(out)
-    data_path = out / "data" / "train"
-    train_cfg = trainer_config(cfg, checkpoint, data_path, out / "distil")
-    shutil.rmtree(out / "distil", ignore_errors=True)
     timings = {}
+    if decoder is None:
+        data_path = out / "data" / "train"
+        train_cfg = trainer_config(cfg, checkpoint, data_path, out / "distil")
+        shutil.rmtree(out / "distil", ignore_errors=True)
+        t0 = time.perf_counter()
+        toy = experiment.ToyConfig()
+        shutil.rmtree(out / "data", ignore_errors=True)
+        toy_data.write_frame_folders(toy_data.generate_split("train", cfg.train_clips, toy.num_frames, toy.size), data_path)
+        timings["data"] = time.perf_counter() - t0
+        decoder, timings["distil"] = distil(train_cfg)
+    else:
+        tiny_decoder.load_tiny_decoder(decoder)  # a wrong or damaged file fails here, before any work
     t0 = time.perf_counter()
-    toy = experiment.ToyConfig()
-    shutil.rmtree(out / "data", ignore_errors=True)
-    toy_data.write_frame_folders(toy_data.generate_split("train", cfg.train_clips, toy.num_frames, toy.size), data_path)
-    timings["data"] = time.perf_counter() - t0
-    decoder_path, timings["distil"] = distil(train_cfg)
-    t0 = time.perf_counter()
-    results = evaluate(cfg, checkpoint, decoder_path)
+    results, samples = evaluate(cfg, checkpoint, Path(decoder))
     timings["evaluation"] = time.perf_counter() - t0
-    results.update(config=asdict(cfg), timings_s=timings, files={"decoder": str(decoder_path), "teacher": str(checkpoint)})
+    results.update(config=asdict(cfg), timings_s=timings, files={"decoder": str(decoder), "teacher": str(checkpoint)})
+    out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(results, indent=1))
     (out / "table.md").write_text(table(results))
+    experiment.save_samples({k: v for k, v in samples.items() if k != "real"}, samples["real"], out / "samples.png")
     log.info("\n%s", table(results))
     return results
 
@@ -215,6 +225,7 @@ def main(argv=None) -> int:
     parser.add_argument("--steps", type=int, help="distillation steps (default 600)")
     parser.add_argument("--threads", type=int, help="torch threads (default 2; 1 leaves a core to another job)")
     parser.add_argument("--generated-fraction", type=float, help="share of the training clips replaced by the toy SF-V's samples (default 0.5; 0: real-clip latents only)")
+    parser.add_argument("--evaluate", metavar="DECODER", help="only score this tiny decoder file (skip the data and the distillation)")
     parser.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE", help="train-decoder config fields for the distillation, e.g. loss.temporal_weight=3")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
@@ -227,8 +238,8 @@ def main(argv=None) -> int:
         cfg.generated_fraction = args.generated_fraction
     cfg.train_sets = tuple(args.set)
     try:
-        results = run(args.out, cfg)
-    except InputError as error:
+        results = run(args.out, cfg, decoder=args.evaluate)
+    except (InputError, CheckpointError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     print(table(results))
