@@ -190,3 +190,46 @@ def test_combine_groups_separate_runs_by_seed(tmp_path):
     assert rows["SF-V LoRA rank 32, 1 step"]["mean"] == pytest.approx(0.4)
     assert results["bars"]["SF-V LoRA rank 32, 1 step: mean <= 1.5 x the full fine-tune's (SF-V, 1 step)"]
     assert results["seconds_per_seed"] == {0: 150.0, 1: 150.0} and (tmp_path / "out" / "sweep.md").is_file()
+
+
+def test_seed_sweep_shares_the_first_seeds_teacher_unless_told_otherwise(tmp_path, monkeypatch):
+    """sweep_teacher 'first': later seeds start from a copy of the first seed's data, cache and
+    teacher and rerun only the distillation; 'each': a whole run per seed."""
+    from sfv_core.toy import experiment
+
+    calls = []
+
+    def fake_run(folder, cfg):
+        calls.append((folder.name, cfg.seed, cfg.reuse_teacher, sorted(p.name for p in folder.iterdir()) if folder.exists() else []))
+        for part in experiment.TEACHER_PARTS:  # what a whole run leaves behind
+            (folder / part).mkdir(parents=True, exist_ok=True)
+            (folder / part / "made_by").write_text(str(cfg.seed))
+        row = {"method": "SF-V, 1 step", "unet_passes": 1, **{key: 0.1 * (cfg.seed + 1) for key in experiment.SWEEP_KEYS}}
+        return {"rows": [row]}
+
+    monkeypatch.setattr(experiment, "run", fake_run)
+    results = experiment.sweep(tmp_path / "first", experiment.ToyConfig(), [0, 1, 2])
+    assert [(name, seed, reuse) for name, seed, reuse, _ in calls] == [("seed-0", 0, False), ("seed-1", 1, True), ("seed-2", 2, True)]
+    assert calls[1][3] == sorted(experiment.TEACHER_PARTS) and results["teacher"] == "the first seed's, shared"
+    assert results["summary"][0]["fvd_proxy"]["seeds"] == pytest.approx([0.1, 0.2, 0.3])
+    calls.clear()
+    import dataclasses
+
+    experiment.sweep(tmp_path / "each", dataclasses.replace(experiment.ToyConfig(), sweep_teacher="each"), [0, 1])
+    assert [(seed, reuse, listing) for _, seed, reuse, listing in calls] == [(0, False, []), (1, False, [])]
+
+
+@pytest.mark.parametrize("pair, message", [
+    ("distill_step=500", "give FIELD=VALUE with a ToyConfig field"),
+    ("distill_steps", "give FIELD=VALUE"),
+    ("distill_steps=many", "distill_steps takes a value of type int, like 1"),
+    ("reuse_teacher=maybe", "reuse_teacher takes a value of type bool"),
+    ("recipes=paper,best", "recipes: best unknown"),
+    ("sweep_teacher=all", "sweep_teacher is 'first'"),
+])
+def test_experiment_refuses_a_bad_set_in_one_line(pair, message, capsys):
+    from sfv_core.toy.experiment import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--quick", "--out", "/nonexistent/never-written", "--set", pair])
+    assert exit_info.value.code == 2 and message in capsys.readouterr().err

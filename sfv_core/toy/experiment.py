@@ -29,7 +29,7 @@ import logging
 import math
 import shutil
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import torch
@@ -88,6 +88,10 @@ class ToyConfig:
     # Reuse --out's data, latent cache and teacher from an earlier run (only the SF-V stages
     # and the evaluation run again; their timings are then not a whole run's).
     reuse_teacher: bool = False
+    # The seed sweep: "first" trains data, VAE and teacher once (the first seed) and varies only
+    # the distillation over the seeds (what the README's sweep measured); "each" reruns the
+    # whole pipeline per seed.
+    sweep_teacher: str = "first"
     # The rows no sweep bar reads: the teacher's full sampling and SF-V at 2 and 4 steps (about
     # 3 minutes of evaluation a seed here). The seed sweep leaves them out.
     extra_rows: bool = True
@@ -475,18 +479,31 @@ def sweep_table(results: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+TEACHER_PARTS = ("data", "latent_cache", "teacher")  # what reuse_teacher reads from a run folder
+
+
 def sweep(out: str | Path, cfg: ToyConfig, seeds: list[int]) -> dict:
-    """The whole experiment once per seed (into out/seed-N), then the rows summarised."""
+    """The experiment once per seed (into out/seed-N), then the rows summarised. With
+    sweep_teacher "first", the later seeds start from a copy of the first seed's data, VAE and
+    teacher (reuse_teacher), so the seeds vary the distillation: heads' initialisation, clip
+    order, noise and the evaluation's sampling noise."""
     import dataclasses
 
     out = Path(out)
     per_seed, seconds = [], {}
-    for seed in seeds:
+    for index, seed in enumerate(seeds):
         started = time.perf_counter()
-        per_seed.append(run(out / f"seed-{seed}", dataclasses.replace(cfg, seed=seed)))
+        folder = out / f"seed-{seed}"
+        shared = cfg.sweep_teacher == "first" and index > 0
+        if shared:
+            for part in TEACHER_PARTS:
+                shutil.rmtree(folder / part, ignore_errors=True)
+                shutil.copytree(out / f"seed-{seeds[0]}" / part, folder / part)
+        per_seed.append(run(folder, dataclasses.replace(cfg, seed=seed, reuse_teacher=cfg.reuse_teacher or shared)))
         seconds[seed] = time.perf_counter() - started
     summary = summarise([r["rows"] for r in per_seed])
-    results = {"config": asdict(cfg), "seeds": list(seeds), "summary": summary, "bars": sweep_bars(summary), "seconds_per_seed": seconds}
+    results = {"config": asdict(cfg), "seeds": list(seeds), "summary": summary, "bars": sweep_bars(summary), "seconds_per_seed": seconds,
+               "teacher": "the first seed's, shared" if cfg.sweep_teacher == "first" else "one per seed"}
     (out / "sweep.json").write_text(json.dumps(results, indent=1))
     (out / "sweep.md").write_text(sweep_table(results))
     return results
@@ -598,6 +615,27 @@ def ship(results: dict, assets: Path) -> list[Path]:
     return [Path(checkpoint), image]
 
 
+def set_field(cfg: ToyConfig, pair: str, parser: argparse.ArgumentParser) -> None:
+    """One --set FIELD=VALUE, typed like the field's default (tuples: comma-separated)."""
+    key, sep, value = pair.partition("=")
+    if not sep or not hasattr(cfg, key):
+        known = ", ".join(f.name for f in fields(cfg))
+        parser.error(f"--set {pair}: give FIELD=VALUE with a ToyConfig field ({known})")
+    current = getattr(cfg, key)
+    try:
+        if isinstance(current, bool):
+            if value.lower() not in ("1", "true", "yes", "0", "false", "no"):
+                raise ValueError(value)
+            value = value.lower() in ("1", "true", "yes")
+        elif isinstance(current, tuple):
+            value = tuple(type(current[0])(v) for v in value.split(","))
+        else:
+            value = type(current)(value)
+    except ValueError:
+        parser.error(f"--set {pair}: {key} takes a value of type {type(current).__name__}, like {current!r}")
+    setattr(cfg, key, value)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False)
     parser.add_argument("--out", default="outputs/toy")
@@ -607,8 +645,8 @@ def main(argv=None) -> int:
     parser.add_argument("--combine", nargs="+", metavar="RUN_FOLDER",
                         help="summarise finished runs (their results.json) into --out/sweep.md as one seed sweep, rows grouped by seed")
     parser.add_argument("--seeds", nargs="+", type=int, metavar="SEED",
-                        help="the seed sweep: the whole run once per seed, into --out/seed-N, then mean and min-max per row "
-                             "(sweep.md, sweep.json). Head ablations are left out unless --set variants=... names them")
+                        help="the seed sweep: the run once per seed, into --out/seed-N, then mean and min-max per row (sweep.md, sweep.json). "
+                             "Data, VAE and teacher are the first seed's unless --set sweep_teacher=each; head ablations are left out unless --set variants=... names them")
     args = parser.parse_args(argv)
     if args.seeds and args.ship:
         parser.error("--ship bundles one run's model: run it without --seeds")
@@ -618,15 +656,12 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     cfg = ToyConfig.quick() if args.quick else ToyConfig()
     for pair in args.set:
-        key, value = pair.split("=", 1)
-        current = getattr(cfg, key)
-        if isinstance(current, bool):
-            value = value.lower() in ("1", "true", "yes")
-        elif isinstance(current, tuple):
-            value = tuple(type(current[0])(v) for v in value.split(","))
-        else:
-            value = type(current)(value)
-        setattr(cfg, key, value)
+        set_field(cfg, pair, parser)
+    if cfg.sweep_teacher not in ("first", "each"):
+        parser.error(f"sweep_teacher is 'first' (one teacher, the seeds vary the distillation) or 'each' (a whole run per seed), got {cfg.sweep_teacher!r}")
+    unknown = [r for r in cfg.recipes if r not in RECIPES]
+    if unknown:
+        parser.error(f"recipes: {', '.join(unknown)} unknown; known: {', '.join(RECIPES)}")
     if args.seeds:
         if not any(pair.startswith("variants=") for pair in args.set):
             cfg.variants = ("both",)  # keeps 3 seeds inside 90 minutes
