@@ -66,6 +66,10 @@ def test_trains_resumes_exactly_and_exports_a_loadable_decoder(frames, tmp_path)
 
     (path,) = resumed.export()
     assert path.name == DECODER_FILE
+    from safetensors import safe_open
+
+    with safe_open(str(path), "pt") as handle:  # the teacher by name, not the trainer's folders
+        assert handle.metadata()["teacher"] == "tiny-random" and handle.metadata()["steps"] == "3"
     loaded = tiny_decoder.load_tiny_decoder(path)
     assert loaded.config == tiny_decoder.TinyDecoderConfig(widths=(8, 8, 8, 8), blocks=(1, 0, 0, 1))
     assert all(torch.equal(loaded.state_dict()[k], b[k]) for k in b)

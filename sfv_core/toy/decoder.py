@@ -50,7 +50,7 @@ class ToyDecoderConfig:
     batch_clips: int = 2
     lr: float = 2e-3
     # Share of the training clips replaced by SF-V samples (0: real-clip latents only, as the
-    # runs before it; those lost 5 dB on generated latents against 30 dB on real ones).
+    # runs before it: 25.3 dB against the full decode on generated latents, 30.3 on real ones).
     generated_fraction: float = 0.5
     # More train-decoder fields, as --set pairs (e.g. "loss.temporal_weight=3"), applied last.
     train_sets: tuple = ()

@@ -1,6 +1,6 @@
 """SF-V in miniature: the paper's Table 1 and head ablation on generated data, end to end.
 
-    python -m sfv_core.toy.experiment --out outputs/toy --ship     # the full run (27 min on 2 CPU cores)
+    python -m sfv_core.toy.experiment --out outputs/toy --ship     # the full run (42 min on 2 CPU cores)
     python -m sfv_core.toy.experiment --out /tmp/toy --quick       # a smoke run (minutes: 395 s on 2 loaded cores)
     python -m sfv_core.toy.experiment --out outputs/toy-seeds --seeds 0 1 2   # the recipe rows per seed, mean and range
 
@@ -559,9 +559,12 @@ def plot(rows: list[dict], path: Path, key: str = "fvd_proxy_vs_recon") -> Path:
     points = [(r["seconds_per_clip"], r[key], r["method"]) for r in rows if r["unet_passes"] > 0]
     reference = "the VAE's reconstructions of the held-out clips" if key == "fvd_proxy_vs_recon" else "the real held-out clips"
     figure, axes = plt.subplots(figsize=(9, 5.2), dpi=110)
+    # The control is trained like SF-V but is neither SF-V nor the teacher: its own marker.
+    kinds = {"SF-V": ("tab:red", "o"), "teacher": ("tab:blue", "s"), "control": ("tab:gray", "X")}
+    kind_of = lambda name: next((k for k in kinds if name.startswith(k)), "SF-V")
     for seconds, quality, name in points:
-        sfv = name.startswith("SF-V")
-        axes.scatter(seconds, quality, s=40, color="tab:red" if sfv else "tab:blue", marker="o" if sfv else "s", zorder=3)
+        color, marker = kinds[kind_of(name)]
+        axes.scatter(seconds, quality, s=40, color=color, marker=marker, zorder=3)
         axes.annotate(name, (seconds, quality), xytext=(6, 3), textcoords="offset points", fontsize=8)
     plain = matplotlib.ticker.FuncFormatter(lambda value, _: f"{value:g}")
     axes.set_xscale("log")
@@ -575,8 +578,9 @@ def plot(rows: list[dict], path: Path, key: str = "fvd_proxy_vs_recon") -> Path:
     axes.set_ylabel(f"FVD proxy vs {reference.split(' of ')[0].removeprefix('the ')} (log scale, lower is better)")
     axes.set_title(f"SF-V in miniature: quality against time (FVD proxy against {reference})", fontsize=10)
     axes.grid(True, which="both", linewidth=0.4, alpha=0.5)
-    axes.scatter([], [], color="tab:red", label="SF-V")
-    axes.scatter([], [], color="tab:blue", marker="s", label="teacher")
+    for kind in sorted({kind_of(name) for _, _, name in points}, key=list(kinds).index):
+        color, marker = kinds[kind]
+        axes.scatter([], [], color=color, marker=marker, label=kind if kind != "control" else "control (adversarial weight 0)")
     axes.legend(loc="upper right", fontsize=8)
     figure.tight_layout()
     figure.savefig(path)

@@ -197,7 +197,8 @@ class DecoderTrainer(RunTrainer):
         if acc.is_main_process:
             decoder = TinyDecoder(self.cfg.decoder)
             decoder.load_state_dict(state, strict=True)
-            notes = {"teacher": self.model.source or self.cfg.model.path, "steps": self.progress.step}
+            # The teacher by file name: a shared decoder should not carry the trainer's folders.
+            notes = {"teacher": Path(self.cfg.model.path).name, "steps": self.progress.step}
             paths.append(Path(save_tiny_decoder(decoder, folder / DECODER_FILE, PRECISION_DTYPES[self.cfg.run.export_dtype], notes)))
             log.info("exported %s", paths[0])
         acc.wait_for_everyone()
