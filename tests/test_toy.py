@@ -145,6 +145,9 @@ def test_tiny_decoder_miniature_refuses_a_bad_trainer_setting_before_any_work(tm
     assert main(["--quick", "--out", str(tmp_path / "run"), "--set", "loss.temporal_weight=strong"]) == 2
     assert "loss.temporal_weight expects float" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
+    with pytest.raises(SystemExit):
+        main(["--out", str(tmp_path / "run"), "--evaluate", "x.safetensors", "--steps", "5"])
+    assert "which --evaluate skips" in capsys.readouterr().err
     (tmp_path / "cut.safetensors").write_bytes(b"\x10\x00")
     assert main(["--out", str(tmp_path / "run"), "--evaluate", str(tmp_path / "cut.safetensors")]) == 2
     assert "cut.safetensors" in capsys.readouterr().err and not (tmp_path / "run").exists()

@@ -228,6 +228,8 @@ def main(argv=None) -> int:
     parser.add_argument("--evaluate", metavar="DECODER", help="only score this tiny decoder file (skip the data and the distillation)")
     parser.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE", help="train-decoder config fields for the distillation, e.g. loss.temporal_weight=3")
     args = parser.parse_args(argv)
+    if args.evaluate and (args.set or args.steps or args.generated_fraction is not None):
+        parser.error("--set, --steps and --generated-fraction set the distillation, which --evaluate skips: drop them or --evaluate")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     cfg = ToyDecoderConfig.quick() if args.quick else ToyDecoderConfig()
     if args.steps:
