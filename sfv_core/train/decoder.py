@@ -126,7 +126,7 @@ class DecoderTrainer(RunTrainer):
         frozen_dtype = PRECISION_DTYPES[self.cfg.run.mixed_precision]
         sfv = load_sfv_unet(self.cfg.generated.sfv_unet, self.model, dtype=frozen_dtype, device=self.device)
         self.model = dataclasses.replace(self.model, unet=sfv.unet)
-        return sfv.unet.requires_grad_(False).eval()
+        return sfv.unet.requires_grad_(False).train(False)
 
     def vae_needed_after_cache(self) -> bool:
         return True
