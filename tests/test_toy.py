@@ -225,6 +225,7 @@ def test_seed_sweep_shares_the_first_seeds_teacher_unless_told_otherwise(tmp_pat
 @pytest.mark.parametrize("pair, message", [
     ("distill_step=500", "give FIELD=VALUE with a ToyConfig field"),
     ("distill_steps", "give FIELD=VALUE"),
+    ("quick=1", "give FIELD=VALUE with a ToyConfig field"),  # a method, not a field
     ("distill_steps=many", "distill_steps takes a value of type int, like 1"),
     ("reuse_teacher=maybe", "reuse_teacher takes a value of type bool"),
     ("recipes=paper,best", "recipes: best unknown"),

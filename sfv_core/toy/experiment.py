@@ -622,9 +622,9 @@ def ship(results: dict, assets: Path) -> list[Path]:
 def set_field(cfg: ToyConfig, pair: str, parser: argparse.ArgumentParser) -> None:
     """One --set FIELD=VALUE, typed like the field's default (tuples: comma-separated)."""
     key, sep, value = pair.partition("=")
-    if not sep or not hasattr(cfg, key):
-        known = ", ".join(f.name for f in fields(cfg))
-        parser.error(f"--set {pair}: give FIELD=VALUE with a ToyConfig field ({known})")
+    known = [f.name for f in fields(cfg)]
+    if not sep or key not in known:
+        parser.error(f"--set {pair}: give FIELD=VALUE with a ToyConfig field ({', '.join(known)})")
     current = getattr(cfg, key)
     try:
         if isinstance(current, bool):
