@@ -1,7 +1,7 @@
 """SF-V in miniature: the paper's Table 1 and head ablation on generated data, end to end.
 
     python -m sfv_core.toy.experiment --out outputs/toy --ship     # the full run (42 min on 2 CPU cores)
-    python -m sfv_core.toy.experiment --out /tmp/toy --quick       # a smoke run (minutes: 395 s on 2 loaded cores)
+    python -m sfv_core.toy.experiment --out /tmp/toy --quick       # a smoke run (58 s on 2 quiet cores)
     python -m sfv_core.toy.experiment --out outputs/toy-seeds --seeds 0 1 2   # the recipe rows per seed, mean and range
 
 Stages, all in this process, through the project's own code paths:
