@@ -214,6 +214,8 @@ def read_metadata(path: str | Path) -> dict:
     from safetensors import safe_open
 
     path = Path(path)
+    if path.is_dir():
+        raise CheckpointError(f"tiny decoder file {path} is a folder: give the .safetensors file in it (train-decoder writes export/sfv_tiny_decoder.safetensors).")
     if not path.is_file():
         raise CheckpointError(f"tiny decoder file {path} does not exist: check the path, or write one with python -m sfv_core train-decoder.")
     try:

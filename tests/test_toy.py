@@ -148,6 +148,8 @@ def test_tiny_decoder_miniature_refuses_a_bad_trainer_setting_before_any_work(tm
     with pytest.raises(SystemExit):
         main(["--out", str(tmp_path / "run"), "--evaluate", "x.safetensors", "--steps", "5"])
     assert "which --evaluate skips" in capsys.readouterr().err
+    assert main(["--out", str(tmp_path / "run"), "--evaluate", str(tmp_path)]) == 2
+    assert "is a folder" in capsys.readouterr().err
     (tmp_path / "cut.safetensors").write_bytes(b"\x10\x00")
     assert main(["--out", str(tmp_path / "run"), "--evaluate", str(tmp_path / "cut.safetensors")]) == 2
     assert "cut.safetensors" in capsys.readouterr().err and not (tmp_path / "run").exists()
