@@ -1,5 +1,7 @@
 """The SF-V miniature (sfv_core.toy): synthetic data, the FVD-proxy metric, a smoke of the runner."""
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -62,7 +64,8 @@ def test_experiment_smoke(tmp_path):
     from sfv_core.toy.experiment import ToyConfig, run
 
     cfg = ToyConfig(num_frames=4, train_clips=4, heldout_clips=4, vae_steps=1, pretrain_steps=1, pretrain_batch=2,
-                    distill_steps=1, distill_batch=1, teacher_steps=2, threads=1, variants=("both",), recipes=("paper", "control", "lora8"))
+                    distill_steps=1, distill_batch=1, teacher_steps=2, threads=1, variants=("both",), recipes=("paper", "control", "lora8"),
+                    teacher="train")
     results = run(tmp_path, cfg)
     names = [r["method"] for r in results["rows"]]
     assert names[1].startswith("teacher, 2 steps") and "SF-V, 4 steps" in names and "control: adversarial weight 0, 1 step" in names
@@ -77,7 +80,7 @@ def test_experiment_smoke(tmp_path):
     from sfv_core.checkpoints import load_model
     from sfv_core.toy.experiment import TOY_CONFIGS, ship
 
-    checkpoint, image = ship(results, tmp_path / "assets")
+    checkpoint, image, teacher = ship(results, tmp_path / "assets")
     shipped = load_model(checkpoint)
     assert shipped.unet.config.block_out_channels == TOY_CONFIGS.unet["block_out_channels"]
     from safetensors import safe_open
@@ -85,6 +88,55 @@ def test_experiment_smoke(tmp_path):
     with safe_open(str(checkpoint), "pt") as f:
         assert {f.get_slice(k).get_dtype() for k in f.keys()} == {"F16"}
     assert image.is_file()
+    # A run that trained its teacher ships it too: fp32, the settings that made it in its metadata.
+    from sfv_core.toy.experiment import TEACHER_METADATA
+
+    with safe_open(str(teacher), "pt") as f:
+        assert {f.get_slice(k).get_dtype() for k in f.keys()} == {"F32"}
+        settings = json.loads(f.metadata()[TEACHER_METADATA])
+    assert settings["num_frames"] == 4 and settings["pretrain_steps"] == 1 and settings["seed"] == 0
+
+    # A run from a shipped teacher encodes the cache itself: the same cache the teacher's trainer built.
+    from safetensors.torch import load_file
+    from sfv_core.toy.experiment import encode_latent_cache
+
+    encode_latent_cache(cfg, tmp_path / "teacher" / "export" / "sfv_svd_single_file.safetensors", tmp_path / "data" / "train", tmp_path / "again" / "latent_cache")
+    made_by_trainer = sorted((tmp_path / "latent_cache").glob("*.safetensors"))
+    assert made_by_trainer and [p.name for p in made_by_trainer] == sorted(p.name for p in (tmp_path / "again" / "latent_cache").glob("*.safetensors"))
+    for shard in made_by_trainer:
+        ours, theirs = load_file(str(tmp_path / "again" / "latent_cache" / shard.name)), load_file(str(shard))
+        assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours)
+
+
+def test_experiment_from_the_shipped_teacher(tmp_path):
+    """The default: the SF-V stages start from the toy SVD in sfv_core/assets, copied into the run."""
+    import dataclasses
+    import filecmp
+
+    from sfv_core.assets import TOY_TEACHER
+    from sfv_core.toy.experiment import ToyConfig, run
+
+    cfg = dataclasses.replace(ToyConfig.quick(), teacher="shipped", train_clips=4, heldout_clips=4, threads=1, variants=("both",),
+                              recipes=("paper",), extra_rows=False)
+    results = run(tmp_path, cfg)
+    assert filecmp.cmp(tmp_path / "teacher" / "export" / "sfv_svd_single_file.safetensors", TOY_TEACHER, shallow=False)
+    assert {"data", "latent_cache", "sfv_both"} <= set(results["timings_s"]) and not {"vae", "teacher"} & set(results["timings_s"])
+    assert results["teacher_settings"]["pretrain_steps"] == 1000 and not (tmp_path / "base.safetensors").exists()
+    assert [r["method"] for r in results["rows"]][-1] == "SF-V, 1 step"
+
+
+@pytest.mark.parametrize("pairs, message", [
+    (["pretrain_steps=10"], "--set pretrain_steps=10: trains the teacher, which teacher=shipped does not; add teacher=train"),
+    (["num_frames=4"], "the shipped teacher was trained at other settings: num_frames=4 (the teacher's: 8)"),
+    (["sweep_teacher=each"], "sweep_teacher=each trains a teacher per seed: add --set teacher=train"),
+    (["teacher=own"], "teacher is 'shipped'"),
+])
+def test_experiment_refuses_what_contradicts_the_shipped_teacher(pairs, message, tmp_path, capsys):
+    from sfv_core.toy.experiment import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--out", str(tmp_path / "run"), "--set", *pairs])
+    assert exit_info.value.code == 2 and message in capsys.readouterr().err and not (tmp_path / "run").exists()
 
 
 def test_latent_scale_calibration_is_exact():
@@ -125,8 +177,11 @@ def test_tiny_decoder_miniature_smoke(tmp_path, monkeypatch):
     from sfv_core.toy.decoder import ToyDecoderConfig, run, ship
 
     results = run(tmp_path, ToyDecoderConfig(train_clips=2, heldout_clips=3, steps=1, batch_clips=1, threads=1))
-    assert [r["method"] for r in results["rows"]] == ["SF-V 1 step + full decoder", "SF-V 1 step + tiny decoder"]
-    assert all(np.isfinite(r["fvd_proxy"]) and r["decode_seconds_per_clip"] > 0 for r in results["rows"])
+    assert [r["method"] for r in results["rows"]][:2] == ["SF-V 1 step + full decoder", "SF-V 1 step + tiny decoder"]
+    assert all(r["decode_seconds_per_clip"] > 0 for r in results["rows"][:2]) and all(r["decode_seconds_per_clip"] is None for r in results["rows"][2:])
+    assert all(np.isfinite(r["fvd_proxy"]) for r in results["rows"])
+    # The reconstructions are the second reference itself.
+    assert next(r for r in results["rows"] if r["method"].startswith("real clips' latents + full"))["fvd_proxy_vs_recon"] == pytest.approx(0, abs=1e-4)
     assert all(np.isfinite(f["psnr_db_mean"]) and -1 <= f["ssim_mean"] <= 1 and f["motion_ratio"] > 0 for f in results["fidelity"])
     # The student also learnt from the toy SF-V's samples (generated.sfv_unet = the toy model).
     assert "generated_clips" in (tmp_path / "distil" / "loss.csv").read_text().splitlines()[0]

@@ -53,10 +53,10 @@ def model_to_single_file_state_dict(model: SVDModel) -> dict[str, torch.Tensor]:
     return out
 
 
-def save_single_file(model: SVDModel, path, dtype: torch.dtype | None = None) -> Path:
+def save_single_file(model: SVDModel, path, dtype: torch.dtype | None = None, metadata: Mapping[str, str] | None = None) -> Path:
     """Write `model` as one original-layout .safetensors file (ComfyUI's checkpoint loaders
     read it); floating tensors cast to `dtype` when given. Returns the path."""
-    return _write_safetensors(path, model_to_single_file_state_dict(model), dtype)
+    return _write_safetensors(path, model_to_single_file_state_dict(model), dtype, metadata)
 
 
 def save_unet_file(unet: torch.nn.Module, path, layout: str = "diffusers", dtype: torch.dtype | None = None) -> Path:

@@ -1,11 +1,16 @@
 """SF-V in miniature: the paper's Table 1 and head ablation on generated data, end to end.
 
-    python -m sfv_core.toy.experiment --out outputs/toy --ship     # the full run (42 min on 2 CPU cores)
+    python -m sfv_core.toy.experiment --out outputs/toy --ship     # the table, from the shipped teacher
+    python -m sfv_core.toy.experiment --out outputs/toy --set teacher=train   # the same, teacher trained here first
     python -m sfv_core.toy.experiment --out /tmp/toy --quick       # a smoke run (58 s on 2 quiet cores)
     python -m sfv_core.toy.experiment --out outputs/toy-seeds --seeds 0 1 2   # the recipe rows per seed, mean and range
 
 Stages, all in this process, through the project's own code paths:
   1. data: train / held-out clips from `toy.data`, written as frame folders (the trainer's input);
+  2-3. the teacher: by default the miniature's pretrained SVD from sfv_core/assets (what stages
+     2 and 3 made with teacher=train and seed 0, byte for byte), and the latent cache of the
+     training clips encoded by it, as a real SF-V run starts from svd.safetensors. With
+     teacher=train:
   2. VAE: the tiny SVD VAE (KL-f8 encoder + temporal decoder, the real diffusers class) fitted to
      the training frames here (a random VAE would make decoded clips meaningless), then its
      latent space rescaled exactly to std 1;
@@ -18,7 +23,8 @@ Stages, all in this process, through the project's own code paths:
      by the VAE, scored with the FVD proxy of `toy.metric` against the real held-out clips and
      against the VAE's reconstructions of them.
 Writes results.json, table.md, quality_vs_time.png and samples.png into --out; --ship also
-bundles the SF-V model and a start frame into sfv_core/assets (the CLI's default demo).
+bundles the SF-V model and a start frame into sfv_core/assets (the CLI's default demo), and,
+with teacher=train, the teacher.
 """
 
 from __future__ import annotations
@@ -35,6 +41,7 @@ from pathlib import Path
 import torch
 
 from .. import conditioning, sampling
+from ..errors import InputError
 from ..models import SVDConfigs, SVDModel, build_random_model, image_encoder_config, unet_config, vae_config
 from . import data as toy_data
 from . import metric
@@ -85,6 +92,10 @@ class ToyConfig:
     variants: tuple = ("both", "spatial", "temporal")
     # Recipe rows (all with both heads): keys of RECIPES (also lora8, lora32).
     recipes: tuple = ("paper", "per_element", "control")
+    # Where the teacher comes from: "shipped" starts the SF-V stages from the miniature's
+    # pretrained SVD in sfv_core/assets (seed 0's teacher of a "train" run), as a real SF-V run
+    # starts from svd.safetensors; "train" fits the VAE and pretrains the teacher here first.
+    teacher: str = "shipped"
     # Reuse --out's data, latent cache and teacher from an earlier run (only the SF-V stages
     # and the evaluation run again; their timings are then not a whole run's).
     reuse_teacher: bool = False
@@ -99,7 +110,43 @@ class ToyConfig:
     @classmethod
     def quick(cls) -> "ToyConfig":
         return cls(train_clips=8, heldout_clips=6, vae_steps=2, pretrain_steps=2, pretrain_batch=2,
-                   distill_steps=1, distill_batch=2, teacher_steps=3)
+                   distill_steps=1, distill_batch=2, teacher_steps=3, teacher="train")
+
+
+# What makes the teacher (stages 2-3). The first three are read by the later stages too, so a
+# run from the shipped teacher must use the shipped teacher's; the others it does not use.
+TEACHER_FIELDS = ("num_frames", "size", "fps", "vae_steps", "vae_batch_clips", "vae_lr", "vae_coarse_weight",
+                  "pretrain_steps", "pretrain_batch", "pretrain_lr")
+SHARED_TEACHER_FIELDS = TEACHER_FIELDS[:3]
+TEACHER_METADATA = "sfv_toy_teacher"  # the shipped teacher's settings, JSON, in its file's metadata
+
+
+def shipped_teacher_settings() -> dict:
+    """The settings (TEACHER_FIELDS, train_clips, seed) the shipped teacher was trained with."""
+    from safetensors import safe_open
+
+    from ..assets import TOY_TEACHER
+
+    if not TOY_TEACHER.is_file():
+        raise InputError(f"the miniature's teacher {TOY_TEACHER} is missing (a checkout without the assets?): "
+                         "restore it, or --set teacher=train to train one here (about 18 minutes)")
+    with safe_open(str(TOY_TEACHER), "pt") as f:
+        return json.loads((f.metadata() or {})[TEACHER_METADATA])
+
+
+def check_teacher(cfg: ToyConfig) -> None:
+    """Settings that contradict the teacher's source, refused before any stage runs."""
+    if cfg.teacher not in ("shipped", "train"):
+        raise InputError(f"teacher is 'shipped' (start from sfv_core/assets' pretrained toy SVD) or 'train' (train one here), got {cfg.teacher!r}")
+    if cfg.teacher == "train":
+        return
+    if cfg.sweep_teacher == "each":
+        raise InputError("sweep_teacher=each trains a teacher per seed: add --set teacher=train")
+    settings = shipped_teacher_settings()
+    differ = [f"{name}={getattr(cfg, name)} (the teacher's: {settings[name]})" for name in SHARED_TEACHER_FIELDS if getattr(cfg, name) != settings[name]]
+    if differ:
+        raise InputError(f"the shipped teacher was trained at other settings: {', '.join(differ)}; "
+                         "use its settings, or --set teacher=train to train a teacher at these")
 
 
 # The recipe rows: (row label, trainer config fields, as section.field, set on top of its
@@ -214,6 +261,19 @@ def trainer_config(cfg: ToyConfig, model_path: Path, data_path: Path, cache: Pat
     return t
 
 
+def encode_latent_cache(cfg: ToyConfig, model_path: Path, data_dir: Path, cache: Path) -> None:
+    """The latent cache the teacher's trainer would have built (the same data settings, model
+    and seed), for a run that starts from the shipped teacher: built here, not by the first
+    SF-V training, so that each training's time is its own."""
+    from ..train.data import scan
+    from ..train.encoding import build_latent_cache, finish_latent_cache
+
+    d = trainer_config(cfg, model_path, data_dir, cache, cache.parent, "sfv_adversarial").data
+    sources = scan(d.path, d.num_frames, d.fps, d.frame_folder_fps).sources
+    build_latent_cache(load(model_path), sources, d, cfg.seed, cache)
+    finish_latent_cache(cache, d)
+
+
 def run_trainer(train_cfg) -> tuple[Path, float]:
     """Train, export; returns (the exported single file, seconds)."""
     from ..train.trainer import SINGLE_FILE, Trainer
@@ -305,6 +365,7 @@ def load(path: Path) -> SVDModel:
 
 def run(out: str | Path, cfg: ToyConfig | None = None) -> dict:
     cfg = cfg or ToyConfig()
+    check_teacher(cfg)
     torch.set_num_threads(cfg.threads)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -325,19 +386,30 @@ def run(out: str | Path, cfg: ToyConfig | None = None) -> dict:
         toy_data.write_frame_folders(train_u8, data_dir)
         timings["data"] = time.perf_counter() - t0
 
-        # 2. base model: tiny SVD classes, random UNet / CLIP tower, a VAE fitted to the frames
-        t0 = time.perf_counter()
-        base = build_random_model(TOY_CONFIGS, seed=cfg.seed)
-        vae_losses = train_vae(base, toy_data.to_float(train_u8), cfg)
-        from ..checkpoints import save_single_file
-
-        base_path = save_single_file(base, out / "base.safetensors")
-        timings["vae"] = time.perf_counter() - t0
-
-        # 3. teacher: EDM diffusion pretraining with the project's trainer
         shutil.rmtree(cache, ignore_errors=True)
         shutil.rmtree(out / "teacher", ignore_errors=True)
-        teacher_path, timings["teacher"] = run_trainer(trainer_config(cfg, base_path, data_dir, cache, out / "teacher", "edm_diffusion"))
+        if cfg.teacher == "train":
+            # 2. base model: tiny SVD classes, random UNet / CLIP tower, a VAE fitted to the frames
+            t0 = time.perf_counter()
+            base = build_random_model(TOY_CONFIGS, seed=cfg.seed)
+            vae_losses = train_vae(base, toy_data.to_float(train_u8), cfg)
+            from ..checkpoints import save_single_file
+
+            base_path = save_single_file(base, out / "base.safetensors")
+            timings["vae"] = time.perf_counter() - t0
+
+            # 3. teacher: EDM diffusion pretraining with the project's trainer
+            teacher_path, timings["teacher"] = run_trainer(trainer_config(cfg, base_path, data_dir, cache, out / "teacher", "edm_diffusion"))
+        else:
+            # 2-3. the shipped teacher, copied into the run (so it is self-contained, and the
+            # sweep's later seeds copy it from here), and the latent cache its trainer built
+            from ..assets import TOY_TEACHER
+
+            t0 = time.perf_counter()
+            teacher_path.parent.mkdir(parents=True)
+            shutil.copyfile(TOY_TEACHER, teacher_path)
+            encode_latent_cache(cfg, teacher_path, data_dir, cache)
+            timings["latent_cache"] = time.perf_counter() - t0
     else:
         log.info("reusing %s and %s", teacher_path, cache)
     runs = students(cfg)
@@ -387,7 +459,7 @@ def run(out: str | Path, cfg: ToyConfig | None = None) -> dict:
     timings["evaluation"] = time.perf_counter() - t0
     timings["total"] = time.perf_counter() - started
 
-    results = {"config": asdict(cfg), "rows": rows, "timings_s": timings, "bars": bars(rows, cfg),
+    results = {"config": asdict(cfg), "teacher_settings": shipped_teacher_settings() if cfg.teacher == "shipped" else None, "rows": rows, "timings_s": timings, "bars": bars(rows, cfg),
                "vae_reconstruction_first_last": [vae_losses[0], vae_losses[-1]] if vae_losses else None,
                "files": {"teacher": str(teacher_path), **{k: str(v) for k, v in trained.items()}}}
     (out / "results.json").write_text(json.dumps(results, indent=1))
@@ -604,7 +676,8 @@ DEMO_CLIP = 0  # the held-out clip whose first frame is the bundled start image
 
 def ship(results: dict, assets: Path) -> list[Path]:
     """Bundle the run's SF-V model (both heads, fp16 single file) and a held-out start frame
-    into `assets` under the names the CLI's built-in demo reads."""
+    into `assets` under the names the CLI's built-in demo reads; and, from a run that trained
+    its teacher, the teacher (fp32, so that runs from it reproduce this run's numbers)."""
     from PIL import Image
 
     from ..checkpoints import save_single_file
@@ -616,7 +689,21 @@ def ship(results: dict, assets: Path) -> list[Path]:
     start = toy_data.generate_clip("heldout", DEMO_CLIP, cfg["num_frames"], cfg["size"])[0]
     image = assets / TOY_START_IMAGE.name
     Image.fromarray(start).save(image)
-    return [Path(checkpoint), image]
+    shipped = [Path(checkpoint), image]
+    if cfg.get("teacher", "train") == "train":
+        shipped.append(ship_teacher(results, assets))
+    return shipped
+
+
+def ship_teacher(results: dict, assets: Path) -> Path:
+    """The run's teacher as the miniature's shipped teacher: fp32 (runs from it reproduce this
+    run's numbers), with the settings that made it in the metadata."""
+    from ..checkpoints import save_single_file
+    from ..assets import TOY_TEACHER
+
+    settings = {name: results["config"][name] for name in (*TEACHER_FIELDS, "train_clips", "seed")}
+    teacher = load(Path(results["files"]["teacher"]))
+    return save_single_file(teacher, assets / TOY_TEACHER.name, metadata={TEACHER_METADATA: json.dumps(settings)})
 
 
 def set_field(cfg: ToyConfig, pair: str, parser: argparse.ArgumentParser) -> None:
@@ -661,6 +748,13 @@ def main(argv=None) -> int:
     cfg = ToyConfig.quick() if args.quick else ToyConfig()
     for pair in args.set:
         set_field(cfg, pair, parser)
+    unused = [pair for pair in args.set if pair.partition("=")[0] in TEACHER_FIELDS[len(SHARED_TEACHER_FIELDS):]]
+    if cfg.teacher == "shipped" and unused:
+        parser.error(f"--set {' '.join(unused)}: trains the teacher, which teacher=shipped does not; add teacher=train")
+    try:
+        check_teacher(cfg)
+    except InputError as error:
+        parser.error(str(error))
     if cfg.sweep_teacher not in ("first", "each"):
         parser.error(f"sweep_teacher is 'first' (one teacher, the seeds vary the distillation) or 'each' (a whole run per seed), got {cfg.sweep_teacher!r}")
     unknown = [r for r in cfg.recipes if r not in RECIPES]
