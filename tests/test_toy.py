@@ -179,7 +179,7 @@ def test_tiny_decoder_miniature_smoke(tmp_path, monkeypatch):
     results = run(tmp_path, ToyDecoderConfig(train_clips=2, heldout_clips=3, steps=1, batch_clips=1, threads=1))
     assert [r["method"] for r in results["rows"]][:2] == ["SF-V 1 step + full decoder", "SF-V 1 step + tiny decoder"]
     assert all(r["decode_seconds_per_clip"] > 0 for r in results["rows"][:2]) and all(r["decode_seconds_per_clip"] is None for r in results["rows"][2:])
-    assert all(np.isfinite(r["fvd_proxy"]) for r in results["rows"])
+    assert all(np.isfinite(r["fvd_proxy"]) and np.isfinite(r["fvd_proxy_vs_recon_last_frame_left_out"]) for r in results["rows"])
     # The reconstructions are the second reference itself.
     assert next(r for r in results["rows"] if r["method"].startswith("real clips' latents + full"))["fvd_proxy_vs_recon"] == pytest.approx(0, abs=1e-4)
     assert all(np.isfinite(f["psnr_db_mean"]) and -1 <= f["ssim_mean"] <= 1 and f["motion_ratio"] > 0 for f in results["fidelity"])

@@ -1,0 +1,67 @@
+"""Frame by frame, what the toy's full and tiny decoders make of the same latents.
+
+    python benchmarks/toy_decoder_frames.py [--decoder FILE] [--clips 100] [--threads 2]
+
+For the held-out clips: the real frames, and the full (temporal VAE) and tiny decodes of the
+real clips' own latents and of the toy SF-V's 1-step samples (the miniature's seeds). Prints
+the mean brightness of each frame and the mean absolute change between neighbouring frames.
+The full decoder's temporal convs pad past the clip's ends, so its first and last frames
+depend on where the clip starts and ends; a streaming decoder knows the first (its memory is
+empty) but cannot know the last.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from sfv_core import sampling, tiny_decoder  # noqa: E402
+from sfv_core.assets import TOY_CHECKPOINT, TOY_TINY_DECODER  # noqa: E402
+from sfv_core.toy import data as toy_data  # noqa: E402
+from sfv_core.toy import experiment  # noqa: E402
+from sfv_core.toy.decoder import tiny_decode  # noqa: E402
+
+
+def profile(clips: torch.Tensor) -> tuple[list[float], list[float]]:
+    """(mean brightness per frame, mean absolute change per pair of neighbouring frames)."""
+    brightness = clips.mean(dim=(0, 2, 3, 4))
+    change = (clips[:, 1:] - clips[:, :-1]).abs().mean(dim=(0, 2, 3, 4))
+    return [round(float(v), 4) for v in brightness], [round(float(v), 4) for v in change]
+
+
+@torch.no_grad()
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False)
+    parser.add_argument("--decoder", default=str(TOY_TINY_DECODER))
+    parser.add_argument("--clips", type=int, default=100)
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    toy = experiment.ToyConfig()
+    model = experiment.load(TOY_CHECKPOINT)
+    decoder = tiny_decoder.load_tiny_decoder(args.decoder)
+    tiny_decoder.check_fits(decoder, model.vae)
+    real = toy_data.to_float(toy_data.generate_split("heldout", args.clips, toy.num_frames, toy.size))
+    cond = experiment.condition_heldout(model, real, toy)
+    generated = sampling.sample(model.unet, cond, sampling.seeded_generator(toy.seed + 1000), steps=1)
+    encoded = torch.cat([model.vae.encode(c).latent_dist.mode() for c in experiment.to_vae_input(real).split(128)])
+    encoded = sampling.to_model_space(encoded).unflatten(0, (len(real), toy.num_frames))
+    rows = {
+        "real clips": real,
+        "real clips' latents, full decoder": experiment.decode(model.vae, encoded),
+        "real clips' latents, tiny decoder": tiny_decode(decoder, encoded),
+        "SF-V 1 step, full decoder": experiment.decode(model.vae, generated),
+        "SF-V 1 step, tiny decoder": tiny_decode(decoder, generated),
+    }
+    for name, clips in rows.items():
+        brightness, change = profile(clips)
+        print(f"{name}\n  brightness per frame: {brightness}\n  change between frames: {change}")
+
+
+if __name__ == "__main__":
+    main()
