@@ -125,6 +125,19 @@ def test_experiment_from_the_shipped_teacher(tmp_path):
     assert [r["method"] for r in results["rows"]][-1] == "SF-V, 1 step"
 
 
+def test_experiment_refuses_a_missing_or_foreign_teacher_file(tmp_path, monkeypatch, capsys):
+    import sfv_core.assets
+    from sfv_core.toy.experiment import main
+
+    for path, message in ((tmp_path / "gone.safetensors", "is missing"), (sfv_core.assets.TOY_CHECKPOINT, "is not the miniature's teacher"),
+                          (sfv_core.assets.TOY_START_IMAGE, "is not the miniature's teacher")):
+        monkeypatch.setattr(sfv_core.assets, "TOY_TEACHER", path)
+        with pytest.raises(SystemExit) as exit_info:
+            main(["--out", str(tmp_path / "run")])
+        err = capsys.readouterr().err
+        assert exit_info.value.code == 2 and message in err and "--set teacher=train" in err and not (tmp_path / "run").exists()
+
+
 @pytest.mark.parametrize("pairs, message", [
     (["pretrain_steps=10"], "--set pretrain_steps=10: trains the teacher, which teacher=shipped does not; add teacher=train"),
     (["num_frames=4"], "the shipped teacher was trained at other settings: num_frames=4 (the teacher's: 8)"),

@@ -127,11 +127,14 @@ def shipped_teacher_settings() -> dict:
 
     from ..assets import TOY_TEACHER
 
+    fix = "restore it from the repository, or --set teacher=train to train one here (about 18 minutes)"
     if not TOY_TEACHER.is_file():
-        raise InputError(f"the miniature's teacher {TOY_TEACHER} is missing (a checkout without the assets?): "
-                         "restore it, or --set teacher=train to train one here (about 18 minutes)")
-    with safe_open(str(TOY_TEACHER), "pt") as f:
-        return json.loads((f.metadata() or {})[TEACHER_METADATA])
+        raise InputError(f"the miniature's teacher {TOY_TEACHER} is missing (a checkout without the assets?): {fix}")
+    try:
+        with safe_open(str(TOY_TEACHER), "pt") as f:
+            return json.loads((f.metadata() or {})[TEACHER_METADATA])
+    except Exception as error:  # unreadable, truncated, or another file under its name
+        raise InputError(f"{TOY_TEACHER} is not the miniature's teacher ({type(error).__name__}: no readable {TEACHER_METADATA} settings in its header): {fix}") from None
 
 
 def check_teacher(cfg: ToyConfig) -> None:
