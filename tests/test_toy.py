@@ -152,6 +152,17 @@ def test_experiment_refuses_what_contradicts_the_shipped_teacher(pairs, message,
     assert exit_info.value.code == 2 and message in capsys.readouterr().err and not (tmp_path / "run").exists()
 
 
+def test_a_quick_run_never_ships(tmp_path, capsys):
+    from sfv_core.assets import TOY_TEACHER
+    from sfv_core.toy.experiment import main
+
+    before = TOY_TEACHER.stat().st_mtime_ns
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--quick", "--ship", "--out", str(tmp_path / "run")])
+    assert exit_info.value.code == 2 and "run it without --quick" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists() and TOY_TEACHER.stat().st_mtime_ns == before
+
+
 def test_latent_scale_calibration_is_exact():
     """After calibration the posterior means have std 1 / scaling_factor (model-space std 1) and
     the decoder gives the same images from the rescaled latents."""

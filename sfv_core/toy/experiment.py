@@ -744,6 +744,8 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if args.seeds and args.ship:
         parser.error("--ship bundles one run's model: run it without --seeds")
+    if args.quick and args.ship:  # it would replace the demo model and the shipped teacher with a few steps' worth
+        parser.error("--ship bundles a real run's models into sfv_core/assets: run it without --quick")
     if args.combine:
         print(sweep_table(combine(args.out, args.combine)))
         return 0
