@@ -113,11 +113,11 @@ class ToyConfig:
                    distill_steps=1, distill_batch=2, teacher_steps=3, teacher="train")
 
 
-# What makes the teacher (stages 2-3). The first three are read by the later stages too, so a
-# run from the shipped teacher must use the shipped teacher's; the others it does not use.
-TEACHER_FIELDS = ("num_frames", "size", "fps", "vae_steps", "vae_batch_clips", "vae_lr", "vae_coarse_weight",
-                  "pretrain_steps", "pretrain_batch", "pretrain_lr")
-SHARED_TEACHER_FIELDS = TEACHER_FIELDS[:3]
+# What makes the teacher (stages 2-3). The shared fields are read by the later stages too, so
+# a run from the shipped teacher must use the shipped teacher's; the training fields it does not use.
+SHARED_TEACHER_FIELDS = ("num_frames", "size", "fps")
+TEACHER_TRAINING_FIELDS = ("vae_steps", "vae_batch_clips", "vae_lr", "vae_coarse_weight", "pretrain_steps", "pretrain_batch", "pretrain_lr")
+TEACHER_FIELDS = SHARED_TEACHER_FIELDS + TEACHER_TRAINING_FIELDS
 TEACHER_METADATA = "sfv_toy_teacher"  # the shipped teacher's settings, JSON, in its file's metadata
 
 
@@ -753,7 +753,7 @@ def main(argv=None) -> int:
     cfg = ToyConfig.quick() if args.quick else ToyConfig()
     for pair in args.set:
         set_field(cfg, pair, parser)
-    unused = [pair for pair in args.set if pair.partition("=")[0] in TEACHER_FIELDS[len(SHARED_TEACHER_FIELDS):]]
+    unused = [pair for pair in args.set if pair.partition("=")[0] in TEACHER_TRAINING_FIELDS]
     if cfg.teacher == "shipped" and unused:
         parser.error(f"--set {' '.join(unused)}: trains the teacher, which teacher=shipped does not; add teacher=train")
     try:
