@@ -1,8 +1,9 @@
 """A tiny causal video decoder: raw SVD latents -> RGB frames, a sibling of `decoding`.
 
 A narrow per-frame convolutional decoder (a few hundred thousand to a few million parameters,
-after TAESD's published recipe: plain 3x3 convs and ReLUs, nearest upsampling, no norms, no
-attention) with a causal memory block at the start of every level, after TAESDV's idea of
+after TAESD's published recipe: plain 3x3 convs and ReLUs, nearest upsampling, no attention;
+one per-frame GroupNorm after the first conv) with a causal memory block at the start of every
+level, after TAESDV's idea of
 cross-frame memory: the block mixes a frame's features with the previous frame's features at
 the same point of the network, so frame t sees frames <= t and nothing after.
 
@@ -41,6 +42,8 @@ class TinyDecoderConfig:
     latent_channels: int = _help("Channels of the latent it decodes (SVD's VAE: 4).", 4)
     widths: tuple = _help("Channels of each level, from the latent's resolution up; each level after the first doubles the size (4 levels: 8x, as SVD's VAE). Narrow at full resolution, where the pixels are.", (96, 64, 32, 16))
     blocks: tuple = _help("Residual conv blocks of each level, after its memory block.", (3, 2, 1, 1))
+    norm_in: bool = _help("Normalize each frame's features after the first conv (GroupNorm over that frame alone, so streaming stays exact), as the temporal decoder's "
+                          "GroupNorms do: SF-V's later latents fade (their spread falls by a third over 8 frames) and the temporal decoder still gives them full contrast.", True)
     latent_scale: float = _help("Raw latents are multiplied by this before the first conv (SVD's scaling factor: unit-variance inputs).", VAE_SCALING_FACTOR)
 
     def __post_init__(self):
@@ -107,6 +110,11 @@ class Level(nn.Module):
         self.up = conv(width, next_width, bias=False) if next_width is not None else None
 
 
+def frame_norm(width: int) -> nn.GroupNorm:
+    """GroupNorm over (N * frames, C, H, W): statistics of each frame on its own."""
+    return nn.GroupNorm(max(1, min(32, width // 4)), width, eps=1e-6)
+
+
 class TinyDecoder(nn.Module):
     def __init__(self, config: TinyDecoderConfig = FULL_CONFIG):
         super().__init__()
@@ -115,6 +123,7 @@ class TinyDecoder(nn.Module):
         self.conv_in = conv(config.latent_channels, widths[0])
         nexts = (*widths[1:], None)
         self.levels = nn.ModuleList(Level(width, blocks, next_width) for width, blocks, next_width in zip(widths, config.blocks, nexts))
+        self.norm_in = frame_norm(widths[0]) if config.norm_in else None
         self.conv_out = conv(widths[-1], 3)
 
     def forward(self, raw_latents: torch.Tensor, state: list[torch.Tensor] | None = None) -> tuple[torch.Tensor, list[torch.Tensor]]:
@@ -123,6 +132,8 @@ class TinyDecoder(nn.Module):
         clips = raw_latents.shape[0]
         z = raw_latents.flatten(0, 1) * self.config.latent_scale
         x = torch.relu(self.conv_in(torch.tanh(z / 3) * 3))  # a soft clamp: outlier latents cannot blow up the narrow convs
+        if self.norm_in is not None:
+            x = self.norm_in(x)
         new_state = []
         for index, level in enumerate(self.levels):
             new_state.append(x.unflatten(0, (clips, -1))[:, -1].clone())  # a copy: a view would keep the whole chunk's features alive
@@ -231,7 +242,8 @@ def read_config(path: str | Path) -> TinyDecoderConfig:
     if FORMAT_KEY not in metadata:
         raise CheckpointError(f"{name} is not an SF-V tiny decoder (its header has no {FORMAT_KEY!r} config; TAESD files and checkpoints are other formats): pick a file written by python -m sfv_core train-decoder.")
     try:
-        return TinyDecoderConfig(**json.loads(metadata[FORMAT_KEY]))
+        # Files written before norm_in existed have no such key, and no norm.
+        return TinyDecoderConfig(**{"norm_in": False, **json.loads(metadata[FORMAT_KEY])})
     except (TypeError, ValueError) as error:
         raise CheckpointError(f"{name} has a tiny decoder config this version cannot read ({error}): export it again with this version's train-decoder.") from None
 

@@ -1,3 +1,5 @@
+import json
+
 import pytest
 import torch
 from safetensors.torch import save_file
@@ -69,6 +71,17 @@ def test_file_rebuilds_the_config_and_the_frames(decoder, latents, tmp_path):
     path = tiny.save_tiny_decoder(original, tmp_path / "tiny.safetensors", notes={"teacher": "test"})
     loaded = tiny.load_tiny_decoder(path)
     assert loaded.config == config and tiny.may_be_tiny_decoder_file(path)
+    assert torch.equal(tiny.decode_latents(loaded, latents), tiny.decode_latents(original, latents))
+
+
+def test_a_file_from_before_norm_in_still_loads_without_the_norm(latents, tmp_path):
+    original = random_decoder(tiny.TinyDecoderConfig(widths=(8, 8, 8, 8), blocks=(0, 1, 0, 1), norm_in=False), seed=4)
+    header = json.loads(original.config.to_json())
+    del header["norm_in"]  # as the first version wrote it
+    state = {k: v.contiguous() for k, v in original.state_dict().items()}
+    save_file(state, str(tmp_path / "v1.safetensors"), metadata={tiny.FORMAT_KEY: json.dumps(header), "format_version": "1"})
+    loaded = tiny.load_tiny_decoder(tmp_path / "v1.safetensors")
+    assert loaded.config.norm_in is False and loaded.norm_in is None
     assert torch.equal(tiny.decode_latents(loaded, latents), tiny.decode_latents(original, latents))
 
 
