@@ -3,9 +3,9 @@
 A narrow per-frame convolutional decoder (a few hundred thousand to a few million parameters,
 after TAESD's published recipe: plain 3x3 convs and ReLUs, nearest upsampling, no attention;
 one per-frame GroupNorm after the first conv) with a causal memory block at the start of every
-level, after TAESDV's idea of
-cross-frame memory: the block mixes a frame's features with the previous frame's features at
-the same point of the network, so frame t sees frames <= t and nothing after.
+level, after TAESDV's idea of cross-frame memory: the block mixes a frame's features with the
+previous frame's features at the same point of the network, so frame t sees frames <= t and
+nothing after.
 
 Because the only link between frames is "the previous frame's features at each memory block",
 decoding chunk by chunk while carrying those features (the state) computes exactly what one
