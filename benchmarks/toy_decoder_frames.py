@@ -26,11 +26,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from sfv_core import sampling, tiny_decoder  # noqa: E402
+from sfv_core import tiny_decoder  # noqa: E402
 from sfv_core.assets import TOY_CHECKPOINT, TOY_TINY_DECODER  # noqa: E402
 from sfv_core.toy import data as toy_data  # noqa: E402
 from sfv_core.toy import experiment, metric  # noqa: E402
-from sfv_core.toy.decoder import tiny_decode  # noqa: E402
+from sfv_core.toy.decoder import heldout_latents, tiny_decode  # noqa: E402
 
 
 def profile(clips: torch.Tensor) -> tuple[list[float], list[float]]:
@@ -53,10 +53,7 @@ def main() -> None:
     decoder = tiny_decoder.load_tiny_decoder(args.decoder)
     tiny_decoder.check_fits(decoder, model.vae)
     real = toy_data.to_float(toy_data.generate_split("heldout", args.clips, toy.num_frames, toy.size))
-    cond = experiment.condition_heldout(model, real, toy)
-    generated = sampling.sample(model.unet, cond, sampling.seeded_generator(toy.seed + 1000), steps=1)
-    encoded = torch.cat([model.vae.encode(c).latent_dist.mode() for c in experiment.to_vae_input(real).split(128)])
-    encoded = sampling.to_model_space(encoded).unflatten(0, (len(real), toy.num_frames))
+    generated, encoded = heldout_latents(model, real, toy)
     rows = {
         "real clips": real,
         "real clips' latents, full decoder": experiment.decode(model.vae, encoded),

@@ -124,6 +124,17 @@ def compare(name: str, full: torch.Tensor, tiny: torch.Tensor) -> dict:
             "motion_ratio": metric.motion(tiny) / metric.motion(full)}
 
 
+@torch.no_grad()
+def heldout_latents(model, heldout: torch.Tensor, toy) -> tuple[torch.Tensor, torch.Tensor]:
+    """Model-space latents of the held-out clips (N, F, H, W, 3): the toy SF-V's 1-step samples
+    from their start frames (the miniature's SF-V 1-step row: same seed, same sampler call), and
+    the VAE encoder's latents of the clips themselves."""
+    cond = experiment.condition_heldout(model, heldout, toy)
+    generated = sampling.sample(model.unet, cond, sampling.seeded_generator(toy.seed + 1000), steps=1)
+    encoded = torch.cat([model.vae.encode(c).latent_dist.mode() for c in experiment.to_vae_input(heldout).split(128)])
+    return generated, sampling.to_model_space(encoded).unflatten(0, (len(heldout), toy.num_frames))
+
+
 def evaluate(cfg: ToyDecoderConfig, checkpoint: Path, decoder_path: Path) -> tuple[dict, dict]:
     """The table's numbers, and the frames the samples image shows (held-out clips: real, full decode, tiny decode)."""
     toy = experiment.ToyConfig()
@@ -131,13 +142,7 @@ def evaluate(cfg: ToyDecoderConfig, checkpoint: Path, decoder_path: Path) -> tup
     decoder = tiny_decoder.load_tiny_decoder(decoder_path)
     tiny_decoder.check_fits(decoder, model.vae)
     heldout = toy_data.to_float(toy_data.generate_split("heldout", cfg.heldout_clips, toy.num_frames, toy.size))
-    cond = experiment.condition_heldout(model, heldout, toy)
-    with torch.no_grad():
-        # The miniature's SF-V 1-step row: same seed, same sampler call.
-        generated = sampling.sample(model.unet, cond, sampling.seeded_generator(toy.seed + 1000), steps=1)
-        flat = experiment.to_vae_input(heldout)
-        encoded = torch.cat([model.vae.encode(c).latent_dist.mode() for c in flat.split(128)])
-        encoded = sampling.to_model_space(encoded).unflatten(0, (len(heldout), toy.num_frames))
+    generated, encoded = heldout_latents(model, heldout, toy)
     full_frames, full_seconds = timed(lambda z: experiment.decode(model.vae, z), generated)
     tiny_frames, tiny_seconds = timed(lambda z: tiny_decode(decoder, z), generated)
     recon_full, recon_tiny = experiment.decode(model.vae, encoded), tiny_decode(decoder, encoded)
