@@ -6,8 +6,8 @@ For the held-out clips: the real frames, and the full (temporal VAE) and tiny de
 real clips' own latents and of the toy SF-V's 1-step samples (the miniature's seeds). Prints
 the mean brightness of each frame and the mean absolute change between neighbouring frames.
 The full decoder's temporal convs pad past the clip's ends, so its first and last frames
-depend on where the clip starts and ends; a streaming decoder knows the first (its memory is
-empty) but cannot know the last.
+depend on where the clip starts and ends; the tiny decoder knows the first (its memory is
+empty) and is told the last (`end_frames`).
 
 Then, on the SF-V samples: the tiny decode's PSNR against the full decode frame by frame, and
 what the FVD proxy makes of each decode with its frames' deviations from the clip's mean

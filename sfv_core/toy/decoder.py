@@ -149,8 +149,8 @@ def evaluate(cfg: ToyDecoderConfig, checkpoint: Path, decoder_path: Path) -> tup
     causal_full = causal_teacher_decode(model.vae, generated)
     real_features, recon_features = metric.video_features(heldout), metric.video_features(recon_full)
     # The full decoder's last frame depends on the clip ending there (its temporal convs pad
-    # past the end), which no streaming decoder can know: the distance without it shows how
-    # much of the gap that is.
+    # past the end; the tiny decoder is told which frames end the clip): the distance without
+    # it shows how much of the gap that frame is.
     recon_features_but_last = metric.video_features(recon_full[:, :-1])
     rows = []
     # The last three rows put the first two in context (not timed: None): what each decoder
