@@ -6,6 +6,7 @@ import torch
 
 from sfv_core import tiny_decoder
 from sfv_core.cli import main
+from sfv_core.errors import InputError
 from sfv_core.train.config import load_config
 from sfv_core.train.decoder import DECODER_FILE, DecoderTrainConfig, DecoderTrainer
 from sfv_core.train.losses import decoder_distillation_losses
@@ -74,6 +75,24 @@ def test_trains_resumes_exactly_and_exports_a_loadable_decoder(frames, tmp_path)
     assert loaded.config == tiny_decoder.TinyDecoderConfig(widths=(8, 8, 8, 8), blocks=(1, 0, 0, 1))
     assert all(torch.equal(loaded.state_dict()[k], b[k]) for k in b)
     tiny_decoder.check_fits(loaded, resumed.model.vae)
+
+
+def test_the_export_is_the_ema_of_the_weights_and_resumes_with_it(frames, tmp_path):
+    from safetensors.torch import load_file
+
+    straight = DecoderTrainer(config(frames, tmp_path / "a", "steps=3", "optim.ema_decay=0.5"))
+    straight.train()
+    DecoderTrainer(config(frames, tmp_path / "b", "steps=2", "optim.ema_decay=0.5")).train()
+    resumed = DecoderTrainer(config(frames, tmp_path / "b", "steps=3", "optim.ema_decay=0.5"))
+    resumed.train()
+    (a,), (b,) = straight.export(), resumed.export()
+    exported, resumed_export = load_file(str(a)), load_file(str(b))
+    live = straight.accelerator.unwrap_model(straight.student).state_dict()
+    assert all(torch.equal(exported[k], resumed_export[k]) for k in exported)  # the average was checkpointed
+    assert all(torch.equal(exported[k], s) for k, s in zip(live, straight.ema.shadow))
+    assert any(not torch.equal(exported[k], live[k]) for k in live)  # an average, not the last step
+    with pytest.raises(InputError, match="optim.ema_decay must be in"):
+        DecoderTrainer(config(frames, tmp_path / "c", "optim.ema_decay=1"))
 
 
 def test_cli_trains_exports_and_refuses_bad_settings(frames, tmp_path, capsys):

@@ -27,6 +27,7 @@ from ..models import VAE_SCALING_FACTOR
 from ..sampling import Conditioning, sample
 from ..tiny_decoder import TinyDecoder, TinyDecoderConfig, check_fits, save_tiny_decoder
 from .config import DataConfig, ModelConfig, RunConfig, common_checks, doc, raise_failed
+from .ema import EMA
 from .loop import PRECISION_DTYPES, RunTrainer, base_unet_config
 from .losses import decoder_distillation_losses
 
@@ -50,6 +51,7 @@ class DecoderOptimConfig:
     weight_decay: float = doc("AdamW weight decay.", 0.0)
     grad_clip: float = doc("Clip the gradient norm to this (0 disables).", 1.0)
     gradient_accumulation: int = doc("Micro-batches per optimiser step.", 1)
+    ema_decay: float = doc("Decay of the EMA of the student's weights, updated every optimiser step; the EMA is what gets exported (0: the last step's weights).", 0.0)
 
 
 @dataclass
@@ -87,6 +89,7 @@ class DecoderTrainConfig:
              "run.preview_every, run.export_single_file and run.gradient_checkpointing are SF-V settings: leave them 0 / false for train-decoder"),
             (min(self.loss.pixel_weight, self.loss.edge_weight, self.loss.temporal_weight) >= 0, "loss weights must be >= 0"),
             (self.optim.lr >= 0, "optim.lr must be >= 0"),
+            (0.0 <= self.optim.ema_decay < 1.0, f"optim.ema_decay must be in [0, 1) (0: no averaging), got {self.optim.ema_decay}"),
             (0.0 <= self.generated.fraction <= 1.0, f"generated.fraction is a share of the clips: give 0..1, got {self.generated.fraction}"),
             (not self.generated.sfv_unet or self.generated.fraction > 0,
              "generated.sfv_unet is set but generated.fraction is 0, so it would load and never be used: give a fraction > 0 or leave sfv_unet empty"),
@@ -117,7 +120,8 @@ class DecoderTrainer(RunTrainer):
         o = cfg.optim
         optimizer = torch.optim.AdamW(student.parameters(), lr=o.lr, betas=(o.beta1, o.beta2), weight_decay=o.weight_decay)
         self.student, self.optimizer = self.accelerator.prepare(student.to(self.device), optimizer)
-        return {}
+        self.ema = EMA(self.student.parameters(), o.ema_decay)
+        return {"ema": self.ema}
 
     def _load_sfv_unet(self) -> torch.nn.Module:
         """The SF-V UNet in place of the base's (which the decoder never uses), frozen, on the device."""
@@ -185,14 +189,16 @@ class DecoderTrainer(RunTrainer):
             acc.clip_grad_norm_(self.student.parameters(), self.cfg.optim.grad_clip)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
+        self.ema.update()
         self.progress.step += 1
         return dict(totals)
 
     def export(self, folder: str | Path | None = None) -> list[Path]:
-        """The student as a tiny decoder file (config in its header), loadable by `load_tiny_decoder`."""
+        """The student's EMA as a tiny decoder file (config in its header), loadable by `load_tiny_decoder`."""
         acc = self.accelerator
         folder = Path(folder) if folder else self.run_dir / "export"
-        state = {k: v.detach().to("cpu", torch.float32, copy=True) for k, v in acc.get_state_dict(self.student).items()}
+        with self.ema.swapped_in():
+            state = {k: v.detach().to("cpu", torch.float32, copy=True) for k, v in acc.get_state_dict(self.student).items()}
         paths: list[Path] = []
         if acc.is_main_process:
             decoder = TinyDecoder(self.cfg.decoder)
