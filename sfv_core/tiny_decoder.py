@@ -143,6 +143,8 @@ class TinyDecoder(nn.Module):
         """Raw latents (clips, frames, C, h, w) -> (pixels (clips, frames, 3, H, W) in about [-1, 1]
         as the VAE's decode gives, the state to pass with the next chunk of the same clips).
         `frames_after`: how many frames of the clip follow this chunk (0: it ends the clip)."""
+        if frames_after < 0:
+            raise InputError(f"frames_after counts the clip's frames after this chunk, so it is 0 or more, got {frames_after}: pass 0 with the clip's last chunk.")
         clips, frames = raw_latents.shape[:2]
         ends = [(index, frames - 1 - index + frames_after) for index in range(frames) if frames - 1 - index + frames_after < self.config.end_frames]
         z = raw_latents.flatten(0, 1) * self.config.latent_scale

@@ -67,6 +67,8 @@ def test_the_last_end_frames_are_drawn_as_the_clip_end_and_others_alike(decoder,
     plain.load_state_dict({k: v for k, v in decoder.state_dict().items() if ".ends." not in k})
     assert torch.equal(tiny.decode_latents(plain, latents)[:, :5], tiny.decode_latents(plain, latents[:, :7])[:, :5])
     assert torch.equal(tiny.decode_latents(plain, latents)[:, 5:7], tiny.decode_latents(plain, latents[:, :7])[:, 5:7])
+    with pytest.raises(InputError, match="frames_after counts"):
+        decoder(latents, frames_after=-1)
 
 
 def test_each_clip_has_its_own_memory(decoder, latents):
