@@ -6,13 +6,14 @@ one per-frame GroupNorm after the first conv) with a causal memory block at the 
 level, after TAESDV's idea of cross-frame memory: the block mixes a frame's features with the
 previous frame's features at the same point of the network, so frame t sees frames <= t and
 nothing after. It is told one thing more: how far frame t is from the clip's end (the last
-`end_frames` frames get an extra conv in each memory block), because the temporal decoder's
-convs pad past the clip's end and so draw its last frames differently, from frames <= t alone.
+`end_frames` frames get an extra conv in each memory block). The temporal decoder's convs pad
+past the clip's end, so it draws its last frames differently, and its last frame depends on
+nothing after it: a causal decoder can learn that once it knows which frame is the last.
 
 Because the only link between frames is "the previous frame's features at each memory block",
 decoding chunk by chunk while carrying those features (the state), and saying how many frames
-follow each chunk, computes exactly what one pass over the whole clip computes: streaming has no seams, and its memory depends on the
-chunk size, never on the clip's length. `python -m sfv_core train-decoder` distils one from a
+follow each chunk, computes exactly what one pass over the whole clip computes: streaming has
+no seams, and its memory depends on the chunk size, never on the clip's length. `python -m sfv_core train-decoder` distils one from a
 checkpoint's own temporal decoder.
 """
 
