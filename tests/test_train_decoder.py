@@ -95,6 +95,34 @@ def test_the_export_is_the_ema_of_the_weights_and_resumes_with_it(frames, tmp_pa
         DecoderTrainer(config(frames, tmp_path / "c", "optim.ema_decay=1"))
 
 
+def test_the_discriminator_judges_patches_and_resumes_exactly(frames, tmp_path):
+    from sfv_core.train.decoder import PatchDiscriminator
+
+    judge = PatchDiscriminator(latent_channels=4, upscale=8, width=8)
+    logits = judge(torch.rand(2, 4, 3, 64, 64) * 2 - 1, torch.randn(2, 4, 4, 8, 8))
+    assert logits.shape == (2, 1, 4, 8, 8)  # a logit per frame and 8x8 patch
+
+    adversarial = ("loss.adversarial_weight=0.5", "loss.adversarial_start=1", "optim.discriminator_width=8")
+    straight = DecoderTrainer(config(frames, tmp_path / "a", "steps=3", *adversarial))
+    straight.train()
+    DecoderTrainer(config(frames, tmp_path / "b", "steps=2", *adversarial)).train()
+    resumed = DecoderTrainer(config(frames, tmp_path / "b", "steps=3", *adversarial))
+    resumed.train()
+    for name in ("student", "discriminator"):  # both networks and their optimisers were checkpointed
+        a, b = (run.accelerator.unwrap_model(getattr(run, name)).state_dict() for run in (straight, resumed))
+        assert all(torch.equal(a[k], b[k]) for k in a), name
+    torch.manual_seed(0)
+    untrained = PatchDiscriminator(4, 8, 8).state_dict()
+    trained = straight.accelerator.unwrap_model(straight.discriminator).state_dict()
+    assert any(not torch.equal(trained[k], untrained[k]) for k in trained)
+    rows = (tmp_path / "a" / "loss.csv").read_text().splitlines()
+    header, first, last = rows[0].split(","), rows[1].split(","), rows[-1].split(",")
+    assert "d_hinge" in header and "g_hinge" in header
+    assert first[header.index("d_hinge")] == "nan" and float(last[header.index("d_hinge")]) > 0  # it starts at adversarial_start
+    with pytest.raises(InputError, match="loss.adversarial_start"):
+        DecoderTrainer(config(frames, tmp_path / "c", "steps=3", "loss.adversarial_weight=0.5", "loss.adversarial_start=3"))
+
+
 def test_cli_trains_exports_and_refuses_bad_settings(frames, tmp_path, capsys):
     sets = lambda *extra: [arg for pair in config_sets(frames, tmp_path, "steps=1", *extra) for arg in ("--set", pair)]
     assert main(["train-decoder", *sets()]) == 0

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from torch import nn
 
 from ..errors import InputError
 from ..models import VAE_SCALING_FACTOR
@@ -29,7 +30,7 @@ from ..tiny_decoder import TinyDecoder, TinyDecoderConfig, check_fits, save_tiny
 from .config import DataConfig, ModelConfig, RunConfig, common_checks, doc, raise_failed
 from .ema import EMA
 from .loop import PRECISION_DTYPES, RunTrainer, base_unet_config
-from .losses import decoder_distillation_losses
+from .losses import decoder_distillation_losses, hinge_discriminator, hinge_generator
 
 log = logging.getLogger("sfv_core.train")
 
@@ -41,6 +42,9 @@ class DecoderLossConfig:
     pixel_weight: float = doc("Weight of the L1 between student and teacher pixels (in [-1, 1]).", 1.0)
     edge_weight: float = doc("Weight of the L1 between their horizontal and vertical pixel differences (keeps edges sharp).", 1.0)
     temporal_weight: float = doc("Weight of the L1 between their frame-to-frame differences (temporal consistency, no flicker).", 1.0)
+    adversarial_weight: float = doc("Weight of the student's hinge loss against a small 3D patch discriminator that tells the teacher's clips from the student's, given the latent "
+                                    "(0: no discriminator). L1 pulls what the student cannot predict exactly towards no change; the discriminator asks for the teacher's amount of it.", 0.0)
+    adversarial_start: int = doc("Step from which the discriminator trains and its loss counts (the L1 terms fit the clips first).", 0)
 
 
 @dataclass
@@ -52,6 +56,8 @@ class DecoderOptimConfig:
     grad_clip: float = doc("Clip the gradient norm to this (0 disables).", 1.0)
     gradient_accumulation: int = doc("Micro-batches per optimiser step.", 1)
     ema_decay: float = doc("Decay of the EMA of the student's weights, updated every optimiser step; the EMA is what gets exported (0: the last step's weights).", 0.0)
+    lr_discriminator: float = doc("AdamW learning rate of the discriminator (with loss.adversarial_weight > 0); betas 0.5, 0.9 as pix2pix-style GANs.", 2e-4)
+    discriminator_width: int = doc("Channels of the discriminator's first conv (doubled twice).", 32)
 
 
 @dataclass
@@ -87,8 +93,11 @@ class DecoderTrainConfig:
         checks = common_checks(self) + [
             (self.run.preview_every == 0 and not self.run.export_single_file and not self.run.gradient_checkpointing,
              "run.preview_every, run.export_single_file and run.gradient_checkpointing are SF-V settings: leave them 0 / false for train-decoder"),
-            (min(self.loss.pixel_weight, self.loss.edge_weight, self.loss.temporal_weight) >= 0, "loss weights must be >= 0"),
-            (self.optim.lr >= 0, "optim.lr must be >= 0"),
+            (min(self.loss.pixel_weight, self.loss.edge_weight, self.loss.temporal_weight, self.loss.adversarial_weight) >= 0, "loss weights must be >= 0"),
+            (0 <= self.loss.adversarial_start < max(self.run.steps, 1) or self.loss.adversarial_weight == 0,
+             f"loss.adversarial_start ({self.loss.adversarial_start}) must be >= 0 and below run.steps ({self.run.steps}), or the discriminator never trains"),
+            (self.optim.lr >= 0 and self.optim.lr_discriminator >= 0, "optim.lr and optim.lr_discriminator must be >= 0"),
+            (self.optim.discriminator_width >= 1, f"optim.discriminator_width must be >= 1, got {self.optim.discriminator_width}"),
             (0.0 <= self.optim.ema_decay < 1.0, f"optim.ema_decay must be in [0, 1) (0: no averaging), got {self.optim.ema_decay}"),
             (0.0 <= self.generated.fraction <= 1.0, f"generated.fraction is a share of the clips: give 0..1, got {self.generated.fraction}"),
             (not self.generated.sfv_unet or self.generated.fraction > 0,
@@ -98,6 +107,34 @@ class DecoderTrainConfig:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+
+class PatchDiscriminator(nn.Module):
+    """Decoded clips (clips, frames, 3, H, W) and the latents they decode -> a logit for each
+    space-time patch. Three strided 3D convs (time kernel 3: it sees motion), GroupNorm and leaky
+    ReLUs, as pix2pix's PatchGAN, with the latent (upsampled to the pixels) as the condition: a
+    decode is judged as the decode of its latent, not as any plausible clip."""
+
+    def __init__(self, latent_channels: int, upscale: int, width: int = 32):
+        super().__init__()
+        self.upscale = upscale
+        widths = (width, 2 * width, 4 * width)
+        layers: list[nn.Module] = []
+        channels = 3 + latent_channels
+        for index, out in enumerate(widths):
+            layers.append(nn.Conv3d(channels, out, (3, 4, 4), stride=(1, 2, 2), padding=1))
+            if index:
+                layers.append(nn.GroupNorm(8 if out % 8 == 0 else 1, out))
+            layers.append(nn.LeakyReLU(0.2))
+            channels = out
+        layers.append(nn.Conv3d(channels, 1, 3, padding=1))
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, pixels: torch.Tensor, raw_latents: torch.Tensor) -> torch.Tensor:
+        latent = nn.functional.interpolate(raw_latents.flatten(0, 1).float() * VAE_SCALING_FACTOR, scale_factor=float(self.upscale), mode="nearest")
+        latent = torch.tanh(latent / 3) * 3  # the student's own soft clamp
+        x = torch.cat([pixels.float().flatten(0, 1), latent], dim=1).unflatten(0, pixels.shape[:2])
+        return self.net(x.transpose(1, 2))  # (clips, 3 + C, frames, H, W)
 
 
 class DecoderTrainer(RunTrainer):
@@ -121,6 +158,11 @@ class DecoderTrainer(RunTrainer):
         optimizer = torch.optim.AdamW(student.parameters(), lr=o.lr, betas=(o.beta1, o.beta2), weight_decay=o.weight_decay)
         self.student, self.optimizer = self.accelerator.prepare(student.to(self.device), optimizer)
         self.ema = EMA(self.student.parameters(), o.ema_decay)
+        self.discriminator = None
+        if cfg.loss.adversarial_weight > 0:
+            discriminator = PatchDiscriminator(cfg.decoder.latent_channels, cfg.decoder.upscale, o.discriminator_width)
+            d_optimizer = torch.optim.AdamW(discriminator.parameters(), lr=o.lr_discriminator, betas=(0.5, 0.9), weight_decay=0.0)
+            self.discriminator, self.d_optimizer = self.accelerator.prepare(discriminator.to(self.device), d_optimizer)
         return {"ema": self.ema}
 
     def _load_sfv_unet(self) -> torch.nn.Module:
@@ -162,14 +204,35 @@ class DecoderTrainer(RunTrainer):
             pixels = vae.decode(raw_latents.flatten(0, 1).to(param.dtype), num_frames=frames).sample
         return pixels.float().unflatten(0, (clips, frames))
 
-    def loss(self, raw_latents: torch.Tensor) -> tuple[torch.Tensor, dict]:
+    def adversarial(self) -> bool:
+        return self.discriminator is not None and self.progress.step >= self.cfg.loss.adversarial_start
+
+    def loss(self, raw_latents: torch.Tensor) -> tuple[torch.Tensor, dict, tuple | None]:
+        """The student's loss, its logged parts, and (teacher, student pixels) for the discriminator's step."""
         teacher = self.teacher_pixels(raw_latents)
         with self.accelerator.autocast():
             student, _state = self.student(raw_latents)
         parts = decoder_distillation_losses(student, teacher)
         weights = self.cfg.loss
         loss = weights.pixel_weight * parts["pixel"] + weights.edge_weight * parts["edge"] + weights.temporal_weight * parts["temporal"]
-        return loss, {"loss": loss.item(), **{f"l1_{name}": value.item() for name, value in parts.items()}}
+        logged = {f"l1_{name}": value.item() for name, value in parts.items()}
+        if not self.adversarial():
+            if self.discriminator is not None:  # the CSV's columns are fixed by its first row
+                logged.update(g_hinge=float("nan"), d_hinge=float("nan"))
+            return loss, {"loss": loss.item(), **logged}, None
+        # The unwrapped discriminator, frozen: no DDP hook fires and no gradient lands on it.
+        judge = self.accelerator.unwrap_model(self.discriminator)
+        judge.requires_grad_(False)
+        with self.accelerator.autocast():
+            adversarial = hinge_generator([judge(student, raw_latents)])
+        judge.requires_grad_(True)
+        loss = loss + weights.adversarial_weight * adversarial
+        return loss, {"loss": loss.item(), **logged, "g_hinge": adversarial.item()}, (teacher, student.detach())
+
+    def discriminator_loss(self, pixels: tuple, raw_latents: torch.Tensor) -> torch.Tensor:
+        teacher, student = pixels
+        with self.accelerator.autocast():
+            return hinge_discriminator([self.discriminator(teacher, raw_latents)], [self.discriminator(student, raw_latents)])
 
     def train_step(self) -> dict:
         acc, accumulation = self.accelerator, self.cfg.optim.gradient_accumulation
@@ -180,15 +243,25 @@ class DecoderTrainer(RunTrainer):
             totals["skipped_sources"] += skipped
             if self.sfv_unet is not None:
                 totals["generated_clips"] += generated
-            with nullcontext() if micro == accumulation - 1 else acc.no_sync(self.student):
-                loss, parts = self.loss(latents / VAE_SCALING_FACTOR)  # the cache holds model-space latents
+            raw = latents / VAE_SCALING_FACTOR  # the cache holds model-space latents
+            last = micro == accumulation - 1
+            with nullcontext() if last else acc.no_sync(self.student):
+                loss, parts, pixels = self.loss(raw)
                 acc.backward(loss / accumulation)
+            if pixels is not None:
+                with nullcontext() if last else acc.no_sync(self.discriminator):
+                    d_loss = self.discriminator_loss(pixels, raw)
+                    acc.backward(d_loss / accumulation)
+                parts["d_hinge"] = d_loss.item()
             for key, value in parts.items():
                 totals[key] += value / accumulation
         if self.cfg.optim.grad_clip > 0:
             acc.clip_grad_norm_(self.student.parameters(), self.cfg.optim.grad_clip)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
+        if self.adversarial():
+            self.d_optimizer.step()
+            self.d_optimizer.zero_grad(set_to_none=True)
         self.ema.update()
         self.progress.step += 1
         return dict(totals)
