@@ -49,14 +49,12 @@ class TinyDecoderConfig:
                           "GroupNorms do: SF-V's later latents fade (their spread falls by a third over 8 frames) and the temporal decoder still gives them full contrast.", True)
     end_frames: int = _help("The clip's last this many frames get their own conv in each memory block (learnt, zero at the start): the temporal decoder's convs pad past the clip's end, "
                             "so it draws its last frames differently (in the miniature, against the same clip continued: 23 dB PSNR at the last frame, 38 dB at the one before, 45 dB or more before that); a last frame depends on nothing after it. 0: every frame alike.", 2)
-    start_frames: int = _help("The clip's first this many frames get their own conv in each memory block, as `end_frames` at the other end: the temporal decoder pads before the clip's start too "
-                              "(in the miniature, against the same clip preceded by a copy of its first latent: 25 dB PSNR at the first frame, 34 at the second, 40 at the third, 48 or more after). 0: told nothing.", 0)
     latent_scale: float = _help("Raw latents are multiplied by this before the first conv (SVD's scaling factor: unit-variance inputs).", VAE_SCALING_FACTOR)
 
     def __post_init__(self):
         self.widths, self.blocks = tuple(int(w) for w in self.widths), tuple(int(b) for b in self.blocks)
-        if self.latent_channels < 1 or not self.widths or min(self.widths) < 1 or len(self.blocks) != len(self.widths) or min(self.blocks) < 0 or min(self.end_frames, self.start_frames) < 0:
-            raise InputError(f"a tiny decoder needs latent_channels >= 1, one or more positive widths, one block count >= 0 per width and end_frames, start_frames >= 0, got {self}.")
+        if self.latent_channels < 1 or not self.widths or min(self.widths) < 1 or len(self.blocks) != len(self.widths) or min(self.blocks) < 0 or self.end_frames < 0:
+            raise InputError(f"a tiny decoder needs latent_channels >= 1, one or more positive widths, one block count >= 0 per width and end_frames >= 0, got {self}.")
 
     @property
     def upscale(self) -> int:
@@ -86,26 +84,23 @@ class ResidualBlock(nn.Module):
 
 
 class MemoryBlock(nn.Module):
-    """relu(x_t + conv2(relu(now(x_t) + past(x_{t-1}) [+ ends[d](x_t)] [+ starts[d](x_t)]))): the causal link between frames.
+    """relu(x_t + conv2(relu(now(x_t) + past(x_{t-1}) [+ ends[d](x_t)]))): the causal link between frames.
 
     `past` is a per-frame conv, so past(x_{t-1}) is past(x) shifted by one frame: the clip's
     features are never copied into a "previous frames" tensor. A chunk's first frame takes
     past(state), the previous chunk's last input (zeros at a clip's start: no term). A frame
-    d frames before the clip's end (d < end_frames) also takes ends[d] of itself, and frame d of
-    the clip (d < start_frames) starts[d]."""
+    d frames before the clip's end (d < end_frames) also takes ends[d] of itself."""
 
-    def __init__(self, width: int, end_frames: int = 0, start_frames: int = 0):
+    def __init__(self, width: int, end_frames: int = 0):
         super().__init__()
         self.now, self.past, self.conv2 = conv(width, width), conv(width, width, bias=False), conv(width, width)
         self.ends = nn.ModuleList(conv(width, width) for _ in range(end_frames))
-        self.starts = nn.ModuleList(conv(width, width) for _ in range(start_frames))
-        for term in (*self.ends, *self.starts):  # zero: an untrained position term changes nothing
-            nn.init.zeros_(term.weight)
-            nn.init.zeros_(term.bias)
+        for end in self.ends:  # zero: an untrained end term changes nothing
+            nn.init.zeros_(end.weight)
+            nn.init.zeros_(end.bias)
 
-    def forward(self, x: torch.Tensor, clips: int, state: torch.Tensor | None, ends: list[tuple[int, int]] = (), starts: list[tuple[int, int]] = ()) -> torch.Tensor:
-        """`ends` / `starts`: (frame index in the chunk, its distance from the clip's end / start)
-        of the frames that take an end / start term."""
+    def forward(self, x: torch.Tensor, clips: int, state: torch.Tensor | None, ends: list[tuple[int, int]] = ()) -> torch.Tensor:
+        """`ends`: (frame index in the chunk, its distance from the clip's end) of the frames that take an end term."""
         mixed = self.now(x).unflatten(0, (clips, -1))
         past = self.past(x).unflatten(0, (clips, -1))
         mixed[:, 1:] += past[:, :-1]
@@ -115,16 +110,14 @@ class MemoryBlock(nn.Module):
         frames = x.unflatten(0, (clips, -1))
         for index, distance in ends:
             mixed[:, index] += self.ends[distance](frames[:, index])
-        for index, distance in starts:
-            mixed[:, index] += self.starts[distance](frames[:, index])
         out = self.conv2(torch.relu_(mixed.flatten(0, 1)))
         return torch.relu_(out.add_(x))
 
 
 class Level(nn.Module):
-    def __init__(self, width: int, blocks: int, next_width: int | None, end_frames: int = 0, start_frames: int = 0):
+    def __init__(self, width: int, blocks: int, next_width: int | None, end_frames: int = 0):
         super().__init__()
-        self.memory = MemoryBlock(width, end_frames, start_frames)
+        self.memory = MemoryBlock(width, end_frames)
         self.blocks = nn.Sequential(*(ResidualBlock(width) for _ in range(blocks)))
         # Into the next level's width here, then nearest 2x upsampling: the conv runs on a
         # quarter of the pixels and no wide full-size map is ever made.
@@ -143,23 +136,18 @@ class TinyDecoder(nn.Module):
         widths = config.widths
         self.conv_in = conv(config.latent_channels, widths[0])
         nexts = (*widths[1:], None)
-        self.levels = nn.ModuleList(Level(width, blocks, next_width, config.end_frames, config.start_frames) for width, blocks, next_width in zip(widths, config.blocks, nexts))
+        self.levels = nn.ModuleList(Level(width, blocks, next_width, config.end_frames) for width, blocks, next_width in zip(widths, config.blocks, nexts))
         self.norm_in = frame_norm(widths[0]) if config.norm_in else None
         self.conv_out = conv(widths[-1], 3)
 
-    def forward(self, raw_latents: torch.Tensor, state: list[torch.Tensor] | None = None, frames_after: int = 0, frames_before: int = 0) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    def forward(self, raw_latents: torch.Tensor, state: list[torch.Tensor] | None = None, frames_after: int = 0) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """Raw latents (clips, frames, C, h, w) -> (pixels (clips, frames, 3, H, W) in about [-1, 1]
         as the VAE's decode gives, the state to pass with the next chunk of the same clips).
-        `frames_after` / `frames_before`: how many frames of the clip follow / came before this
-        chunk (0 / 0: the chunk is the whole clip); a chunk after the first passes the state too."""
+        `frames_after`: how many frames of the clip follow this chunk (0: it ends the clip)."""
         if frames_after < 0:
             raise InputError(f"frames_after counts the clip's frames after this chunk, so it is 0 or more, got {frames_after}: pass 0 with the clip's last chunk.")
-        if frames_before < 0 or (frames_before > 0) != (state is not None):
-            raise InputError(f"frames_before counts the clip's frames decoded before this chunk (got {frames_before}, with{'out' if state is None else ''} a state): "
-                             "pass 0 and no state with a clip's first chunk, and with every later chunk the state the chunk before returned and the frames decoded so far.")
         clips, frames = raw_latents.shape[:2]
         ends = [(index, frames - 1 - index + frames_after) for index in range(frames) if frames - 1 - index + frames_after < self.config.end_frames]
-        starts = [(index, frames_before + index) for index in range(frames) if frames_before + index < self.config.start_frames]
         z = raw_latents.flatten(0, 1) * self.config.latent_scale
         x = torch.relu(self.conv_in(torch.tanh(z / 3) * 3))  # a soft clamp: outlier latents cannot blow up the narrow convs
         if self.norm_in is not None:
@@ -167,7 +155,7 @@ class TinyDecoder(nn.Module):
         new_state = []
         for index, level in enumerate(self.levels):
             new_state.append(x.unflatten(0, (clips, -1))[:, -1].clone())  # a copy: a view would keep the whole chunk's features alive
-            x = level.blocks(level.memory(x, clips, None if state is None else state[index], ends, starts))
+            x = level.blocks(level.memory(x, clips, None if state is None else state[index], ends))
             if level.up is not None:
                 x = nn.functional.interpolate(level.up(x), scale_factor=2.0, mode="nearest")
         return self.conv_out(x).unflatten(0, (clips, -1)), new_state
@@ -194,7 +182,7 @@ def stream_frames(decoder: TinyDecoder, raw_latents: torch.Tensor, chunk_frames:
     state = None
     num_frames = raw_latents.shape[1]
     for start, end in plan_chunks(num_frames, chunk_frames):
-        pixels, state = decoder(raw_latents[:, start:end].to(param.device, param.dtype), state, frames_after=num_frames - end, frames_before=start)
+        pixels, state = decoder(raw_latents[:, start:end].to(param.device, param.dtype), state, frames_after=num_frames - end)
         yield start, end, to_frames(pixels)
 
 
@@ -273,8 +261,8 @@ def read_config(path: str | Path) -> TinyDecoderConfig:
     if FORMAT_KEY not in metadata:
         raise CheckpointError(f"{name} is not an SF-V tiny decoder (its header has no {FORMAT_KEY!r} config; TAESD files and checkpoints are other formats): pick a file written by python -m sfv_core train-decoder.")
     try:
-        # Files written before norm_in / end_frames / start_frames existed have no such keys, and no such parts.
-        return TinyDecoderConfig(**{"norm_in": False, "end_frames": 0, "start_frames": 0, **json.loads(metadata[FORMAT_KEY])})
+        # Files written before norm_in / end_frames existed have no such keys, and neither part.
+        return TinyDecoderConfig(**{"norm_in": False, "end_frames": 0, **json.loads(metadata[FORMAT_KEY])})
     except (TypeError, ValueError) as error:
         raise CheckpointError(f"{name} has a tiny decoder config this version cannot read ({error}): export it again with this version's train-decoder.") from None
 

@@ -16,8 +16,8 @@ pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 def random_decoder(config=tiny.TEST_CONFIG, seed=0):
     torch.manual_seed(seed)
     decoder = tiny.TinyDecoder(config).train(False)
-    for level in decoder.levels:  # the position convs start at zero (no effect): give them weights to test
-        for end in (*level.memory.ends, *level.memory.starts):
+    for level in decoder.levels:  # the end convs start at zero (no effect): give them weights to test
+        for end in level.memory.ends:
             torch.nn.init.normal_(end.weight, std=0.2)
             torch.nn.init.normal_(end.bias, std=0.2)
     return decoder
@@ -25,7 +25,7 @@ def random_decoder(config=tiny.TEST_CONFIG, seed=0):
 
 @pytest.fixture(scope="module")
 def decoder():
-    return random_decoder(tiny.TinyDecoderConfig(widths=(16, 16, 8, 8), blocks=(1, 1, 1, 0), end_frames=2, start_frames=2))
+    return random_decoder(tiny.TinyDecoderConfig(widths=(16, 16, 8, 8), blocks=(1, 1, 1, 0), end_frames=2))
 
 
 @pytest.fixture(scope="module")
@@ -63,30 +63,12 @@ def test_the_last_end_frames_are_drawn_as_the_clip_end_and_others_alike(decoder,
     whole, first_seven = tiny.decode_latents(decoder, latents), tiny.decode_latents(decoder, latents[:, :7])
     assert torch.equal(whole[:, :5], first_seven[:, :5])  # frames <= t only, and not among the last two of either clip
     assert (whole[:, 5:7] - first_seven[:, 5:7]).abs().amax(dim=(0, 2, 3, 4)).min() > 1e-4  # frames 5, 6 end the shorter clip
-    plain = tiny.TinyDecoder(dataclasses.replace(decoder.config, end_frames=0)).train(False)  # the start terms kept
+    plain = tiny.TinyDecoder(dataclasses.replace(decoder.config, end_frames=0)).train(False)
     plain.load_state_dict({k: v for k, v in decoder.state_dict().items() if ".ends." not in k})
     assert torch.equal(tiny.decode_latents(plain, latents)[:, :5], tiny.decode_latents(plain, latents[:, :7])[:, :5])
     assert torch.equal(tiny.decode_latents(plain, latents)[:, 5:7], tiny.decode_latents(plain, latents[:, :7])[:, 5:7])
     with pytest.raises(InputError, match="frames_after counts"):
         decoder(latents, frames_after=-1)
-
-
-def test_the_first_start_frames_are_told_they_start_the_clip(decoder, latents):
-    no_starts = tiny.TinyDecoder(dataclasses.replace(decoder.config, start_frames=0)).train(False)
-    no_starts.load_state_dict({k: v for k, v in decoder.state_dict().items() if ".starts." not in k})
-    told, untold = tiny.decode_latents(decoder, latents), tiny.decode_latents(no_starts, latents)
-    reach = 2 + len(decoder.levels) - 1  # frames 0, 1 directly, the next through one memory block per level
-    assert (told[:, :reach] - untold[:, :reach]).abs().amax(dim=(0, 2, 3, 4)).min() > 1e-4
-    assert torch.equal(told[:, reach:], untold[:, reach:])  # the memory reaches one frame back per level, no further
-    # The second chunk is told how many frames came before it: chunked equals whole (above), and
-    # a chunk passed without its place in the clip is refused rather than drawn as a clip start.
-    _, state = decoder(latents[:, :3])
-    with pytest.raises(InputError, match="frames_before counts"):
-        decoder(latents[:, 3:], state)
-    with pytest.raises(InputError, match="frames_before counts"):
-        decoder(latents[:, 3:], None, frames_before=3)
-    with pytest.raises(InputError, match="frames_before counts"):
-        decoder(latents, frames_before=-1)
 
 
 def test_each_clip_has_its_own_memory(decoder, latents):
@@ -110,14 +92,14 @@ def test_file_rebuilds_the_config_and_the_frames(decoder, latents, tmp_path):
     assert torch.equal(tiny.decode_latents(loaded, latents), tiny.decode_latents(original, latents))
 
 
-def test_a_file_from_before_norm_in_and_the_position_terms_still_loads_without_them(latents, tmp_path):
-    original = random_decoder(tiny.TinyDecoderConfig(widths=(8, 8, 8, 8), blocks=(0, 1, 0, 1), norm_in=False, end_frames=0, start_frames=0), seed=4)
+def test_a_file_from_before_norm_in_and_end_frames_still_loads_without_them(latents, tmp_path):
+    original = random_decoder(tiny.TinyDecoderConfig(widths=(8, 8, 8, 8), blocks=(0, 1, 0, 1), norm_in=False, end_frames=0), seed=4)
     header = json.loads(original.config.to_json())
-    del header["norm_in"], header["end_frames"], header["start_frames"]  # as the first version wrote it
+    del header["norm_in"], header["end_frames"]  # as the first version wrote it
     state = {k: v.contiguous() for k, v in original.state_dict().items()}
     save_file(state, str(tmp_path / "v1.safetensors"), metadata={tiny.FORMAT_KEY: json.dumps(header), "format_version": "1"})
     loaded = tiny.load_tiny_decoder(tmp_path / "v1.safetensors")
-    assert loaded.config.norm_in is False and loaded.norm_in is None and loaded.config.end_frames == 0 == loaded.config.start_frames
+    assert loaded.config.norm_in is False and loaded.norm_in is None and loaded.config.end_frames == 0
     assert torch.equal(tiny.decode_latents(loaded, latents), tiny.decode_latents(original, latents))
 
 
