@@ -6,6 +6,8 @@ On the latents of held-out clips (the toy SF-V's 1-step samples and the VAE enco
 the real clips), the full decode of the 8-frame clip against two variants, as PSNR per frame:
   - the clip continued: one to three copies of its last latent appended, so no frame is the
     clip's end any more (what ending there changes: the temporal convs pad past the end);
+  - the clip preceded: one or two copies of its first latent put before it (what starting there
+    changes: they pad before the start too);
   - the future frozen: for each t, the latents after t replaced by copies of frame t, the length
     kept (what frame t takes from the content of later frames, which no causal decoder sees).
 The tiny decoder is causal and is told where the clip ends (`end_frames`): the second variant
@@ -38,6 +40,11 @@ def continued(vae, latents: torch.Tensor, extra: int) -> torch.Tensor:
     return experiment.decode(vae, longer)[:, : latents.shape[1]]
 
 
+def preceded(vae, latents: torch.Tensor, extra: int) -> torch.Tensor:
+    longer = torch.cat([latents[:, :1].expand(-1, extra, -1, -1, -1), latents], dim=1)
+    return experiment.decode(vae, longer)[:, extra:]
+
+
 def future_frozen(vae, latents: torch.Tensor) -> torch.Tensor:
     num_frames = latents.shape[1]
     frames = []
@@ -62,6 +69,8 @@ def main() -> None:
         full = experiment.decode(model.vae, latents)
         for extra in (1, 2, 3):
             print(f"{name}, the clip continued by {extra} frame(s): PSNR dB per frame {psnr_per_frame(continued(model.vae, latents, extra), full)}")
+        for extra in (1, 2):
+            print(f"{name}, the clip preceded by {extra} frame(s): PSNR dB per frame {psnr_per_frame(preceded(model.vae, latents, extra), full)}")
         print(f"{name}, each frame's future frozen: PSNR dB per frame {psnr_per_frame(future_frozen(model.vae, latents), full)}")
 
 
