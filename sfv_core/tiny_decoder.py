@@ -124,6 +124,11 @@ class Level(nn.Module):
         self.up = conv(width, next_width, bias=False) if next_width is not None else None
 
 
+def soft_clamp(scaled_latents: torch.Tensor) -> torch.Tensor:
+    """Unit-variance latents squashed into (-3, 3): outlier latents cannot blow up narrow convs."""
+    return torch.tanh(scaled_latents / 3) * 3
+
+
 def frame_norm(width: int) -> nn.GroupNorm:
     """GroupNorm over (N * frames, C, H, W): statistics of each frame on its own."""
     return nn.GroupNorm(max(1, min(32, width // 4)), width, eps=1e-6)
@@ -149,7 +154,7 @@ class TinyDecoder(nn.Module):
         clips, frames = raw_latents.shape[:2]
         ends = [(index, frames - 1 - index + frames_after) for index in range(frames) if frames - 1 - index + frames_after < self.config.end_frames]
         z = raw_latents.flatten(0, 1) * self.config.latent_scale
-        x = torch.relu(self.conv_in(torch.tanh(z / 3) * 3))  # a soft clamp: outlier latents cannot blow up the narrow convs
+        x = torch.relu(self.conv_in(soft_clamp(z)))
         if self.norm_in is not None:
             x = self.norm_in(x)
         new_state = []

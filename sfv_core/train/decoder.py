@@ -26,7 +26,7 @@ from torch import nn
 from ..errors import InputError
 from ..models import VAE_SCALING_FACTOR
 from ..sampling import Conditioning, sample
-from ..tiny_decoder import TinyDecoder, TinyDecoderConfig, check_fits, save_tiny_decoder
+from ..tiny_decoder import TinyDecoder, TinyDecoderConfig, check_fits, save_tiny_decoder, soft_clamp
 from .config import DataConfig, ModelConfig, RunConfig, common_checks, doc, raise_failed
 from .ema import EMA
 from .loop import PRECISION_DTYPES, RunTrainer, base_unet_config
@@ -93,7 +93,8 @@ class DecoderTrainConfig:
         checks = common_checks(self) + [
             (self.run.preview_every == 0 and not self.run.export_single_file and not self.run.gradient_checkpointing,
              "run.preview_every, run.export_single_file and run.gradient_checkpointing are SF-V settings: leave them 0 / false for train-decoder"),
-            (min(self.loss.pixel_weight, self.loss.edge_weight, self.loss.temporal_weight, self.loss.adversarial_weight) >= 0, "loss weights must be >= 0"),
+            (min(self.loss.pixel_weight, self.loss.edge_weight, self.loss.temporal_weight, self.loss.adversarial_weight) >= 0,
+             "loss.pixel_weight, edge_weight, temporal_weight and adversarial_weight must be >= 0"),
             (0 <= self.loss.adversarial_start < max(self.run.steps, 1) or self.loss.adversarial_weight == 0,
              f"loss.adversarial_start ({self.loss.adversarial_start}) must be >= 0 and below run.steps ({self.run.steps}), or the discriminator never trains"),
             (self.optim.lr >= 0 and self.optim.lr_discriminator >= 0, "optim.lr and optim.lr_discriminator must be >= 0"),
@@ -131,8 +132,7 @@ class PatchDiscriminator(nn.Module):
         self.net = nn.Sequential(*layers)
 
     def forward(self, pixels: torch.Tensor, raw_latents: torch.Tensor) -> torch.Tensor:
-        latent = nn.functional.interpolate(raw_latents.flatten(0, 1).float() * VAE_SCALING_FACTOR, scale_factor=float(self.upscale), mode="nearest")
-        latent = torch.tanh(latent / 3) * 3  # the student's own soft clamp
+        latent = soft_clamp(nn.functional.interpolate(raw_latents.flatten(0, 1).float() * VAE_SCALING_FACTOR, scale_factor=float(self.upscale), mode="nearest"))
         x = torch.cat([pixels.float().flatten(0, 1), latent], dim=1).unflatten(0, pixels.shape[:2])
         return self.net(x.transpose(1, 2))  # (clips, 3 + C, frames, H, W)
 
