@@ -8,7 +8,7 @@ from sfv_core import tiny_decoder
 from sfv_core.cli import main
 from sfv_core.errors import InputError
 from sfv_core.train.config import load_config
-from sfv_core.train.decoder import DECODER_FILE, DecoderTrainConfig, DecoderTrainer
+from sfv_core.train.decoder import DECODER_FILE, DecoderTrainConfig, DecoderTrainer, scheduled_lr
 from sfv_core.train.losses import decoder_distillation_losses
 
 
@@ -93,6 +93,39 @@ def test_the_export_is_the_ema_of_the_weights_and_resumes_with_it(frames, tmp_pa
     assert any(not torch.equal(exported[k], live[k]) for k in live)  # an average, not the last step
     with pytest.raises(InputError, match="optim.ema_decay must be in"):
         DecoderTrainer(config(frames, tmp_path / "c", "optim.ema_decay=1"))
+
+
+def test_cosine_schedule_decays_to_zero_and_an_interrupted_run_resumes_on_it(frames, tmp_path, monkeypatch):
+    assert [scheduled_lr(1.0, "cosine", step, 4) for step in range(5)] == pytest.approx([1, 0.853553, 0.5, 0.146447, 0], abs=1e-6)
+    assert scheduled_lr(3e-4, "constant", 7, 4) == 3e-4
+    rates, step_once = [], DecoderTrainer.train_step
+
+    def recorded(self):
+        if self.progress.step == self.stop_at:
+            raise KeyboardInterrupt  # as a user's Ctrl-C after the checkpoint of that step
+        values = step_once(self)
+        rates.append(self.optimizer.param_groups[0]["lr"])
+        return values
+
+    monkeypatch.setattr(DecoderTrainer, "train_step", recorded)
+    sets = ("steps=3", "optim.lr_schedule=cosine", "optim.lr=1e-3")
+    straight = DecoderTrainer(config(frames, tmp_path / "a", *sets))
+    straight.stop_at = None
+    straight.train()
+    assert rates == pytest.approx([1e-3, 0.75e-3, 0.25e-3])
+    interrupted = DecoderTrainer(config(frames, tmp_path / "b", *sets))
+    interrupted.stop_at = 2
+    with pytest.raises(KeyboardInterrupt):
+        interrupted.train()
+    resumed = DecoderTrainer(config(frames, tmp_path / "b", *sets))
+    resumed.stop_at = None
+    rates.clear()
+    resumed.train()
+    assert rates == pytest.approx([0.25e-3])  # the rate of step 3 of 3, not of a fresh run's first step
+    a, b = straight.accelerator.unwrap_model(straight.student).state_dict(), resumed.accelerator.unwrap_model(resumed.student).state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    with pytest.raises(InputError, match="optim.lr_schedule must be one of constant, cosine, got 'linear'"):
+        DecoderTrainer(config(frames, tmp_path / "c", "optim.lr_schedule=linear"))
 
 
 def test_the_discriminator_judges_patches_and_resumes_exactly(frames, tmp_path):

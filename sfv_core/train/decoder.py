@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 from collections import defaultdict
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -35,6 +36,15 @@ from .losses import decoder_distillation_losses, hinge_discriminator, hinge_gene
 log = logging.getLogger("sfv_core.train")
 
 DECODER_FILE = "sfv_tiny_decoder.safetensors"
+LR_SCHEDULES = ("constant", "cosine")
+
+
+def scheduled_lr(lr: float, schedule: str, step: int, steps: int) -> float:
+    """The learning rate of optimiser step `step` (0-based) of `steps`. A pure function of the
+    step, which the checkpoint holds, so a resumed run gets the same rates with no scheduler state."""
+    if schedule == "constant":
+        return lr
+    return lr * 0.5 * (1.0 + math.cos(math.pi * min(step, steps) / max(steps, 1)))
 
 
 @dataclass
@@ -50,6 +60,7 @@ class DecoderLossConfig:
 @dataclass
 class DecoderOptimConfig:
     lr: float = doc("AdamW learning rate of the tiny decoder.", 5e-4)
+    lr_schedule: str = doc("constant: optim.lr throughout; cosine: from optim.lr at the first step down to 0 at run.steps, so the exported weights are not one noisy step's.", "constant")
     beta1: float = doc("Adam beta1.", 0.9)
     beta2: float = doc("Adam beta2.", 0.999)
     weight_decay: float = doc("AdamW weight decay.", 0.0)
@@ -98,6 +109,7 @@ class DecoderTrainConfig:
             (0 <= self.loss.adversarial_start < max(self.run.steps, 1) or self.loss.adversarial_weight == 0,
              f"loss.adversarial_start ({self.loss.adversarial_start}) must be >= 0 and below run.steps ({self.run.steps}), or the discriminator never trains"),
             (self.optim.lr >= 0 and self.optim.lr_discriminator >= 0, "optim.lr and optim.lr_discriminator must be >= 0"),
+            (self.optim.lr_schedule in LR_SCHEDULES, f"optim.lr_schedule must be one of {', '.join(LR_SCHEDULES)}, got {self.optim.lr_schedule!r}"),
             (self.optim.discriminator_width >= 1, f"optim.discriminator_width must be >= 1, got {self.optim.discriminator_width}"),
             (0.0 <= self.optim.ema_decay < 1.0, f"optim.ema_decay must be in [0, 1) (0: no averaging), got {self.optim.ema_decay}"),
             (0.0 <= self.generated.fraction <= 1.0, f"generated.fraction is a share of the clips: give 0..1, got {self.generated.fraction}"),
@@ -257,6 +269,9 @@ class DecoderTrainer(RunTrainer):
                 totals[key] += value / accumulation
         if self.cfg.optim.grad_clip > 0:
             acc.clip_grad_norm_(self.student.parameters(), self.cfg.optim.grad_clip)
+        o = self.cfg.optim
+        for group in self.optimizer.param_groups:
+            group["lr"] = scheduled_lr(o.lr, o.lr_schedule, self.progress.step, self.cfg.run.steps)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         if self.adversarial():
